@@ -1,0 +1,130 @@
+//! Command-line interface: clap definitions and dispatch, one file per verb group.
+//!
+//! Takes argv, gives an exit code. `main` first hands the process to the runtime's hidden
+//! single-threaded modes (container init, shim) before any thread exists, then builds the
+//! tokio runtime. Errors are `anyhow` with context here, at the edge; libraries use
+//! `thiserror`. `render` is the only place that prints results.
+
+pub mod compose;
+pub mod config;
+pub mod container;
+pub mod image;
+pub mod network;
+pub mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Options shared by every command, with docker compose's names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalOpts {
+    /// Compose configuration files (repeatable, `-` for stdin)
+    #[arg(short = 'f', long = "file", global = true)]
+    pub files: Vec<PathBuf>,
+    /// Project name
+    #[arg(short = 'p', long = "project-name", global = true)]
+    pub project_name: Option<String>,
+    /// Alternate working directory (default: the directory of the first compose file)
+    #[arg(long, global = true)]
+    pub project_directory: Option<PathBuf>,
+    /// Alternate environment files (repeatable)
+    #[arg(long = "env-file", global = true)]
+    pub env_files: Vec<PathBuf>,
+    /// Profiles to enable (repeatable)
+    #[arg(long = "profile", global = true)]
+    pub profiles: Vec<String>,
+    /// Progress output: auto, tty, plain, json, quiet
+    #[arg(long, global = true, default_value = "auto")]
+    pub progress: String,
+    /// ANSI control characters: never, always, auto
+    #[arg(long, global = true, default_value = "auto")]
+    pub ansi: String,
+    /// berth's state root (images, containers, volumes, networks)
+    #[arg(long, global = true, env = "BERTH_ROOT", default_value = "/var/lib/berth")]
+    pub root: PathBuf,
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG wins when set
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "Compose-style multi-container orchestrator with its own container runtime")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse, resolve and render the compose file in canonical format
+    Config(config::ConfigArgs),
+    #[command(flatten)]
+    Compose(compose::ComposeCommand),
+    /// Manage images
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// List images
+    Images(image::ImagesArgs),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Manage single containers
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
+}
+
+/// Entry point of the `berth` binary.
+pub fn main() -> ExitCode {
+    // Hidden modes (container init, shim) must run before tokio starts any thread.
+    if let Some(code) = berth_runtime::hidden_main() {
+        return ExitCode::from(code);
+    }
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            render::error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Config(args) => config::run(g, args).await,
+        Command::Compose(cmd) => compose::run(g, cmd).await,
+        Command::Image(cmd) => image::run(g, cmd).await,
+        Command::Images(args) => image::run_images(g, args).await,
+        Command::Network(cmd) => network::run(g, cmd).await,
+        Command::Container(cmd) => container::run(g, cmd).await,
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
