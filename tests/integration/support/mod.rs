@@ -1,1 +1,204 @@
-//! test harness (being written)
+//! The privileged test harness shared by every integration test.
+//!
+//! - [`require_root!`]: skip loudly (and say why) when not root.
+//! - [`TestEnv`]: a unique temp state root per test (never the user's real state), a
+//!   `berth` command bound to it, the kernel lock and a leak checker snapshot taken at the
+//!   start; [`TestEnv::finish`] asserts that nothing berth-owned was left behind.
+//! - [`enter_fresh_netns`]: move the calling test thread (and everything it spawns) into a
+//!   new network namespace with `lo` up; restored when the guard drops.
+//! - [`eventually`]: poll a condition with a deadline instead of sleeping.
+//! - [`images`]: the deterministic fixture images, built once per test run.
+//! - [`registry`]: the real `docker-registry` server on 127.0.0.1.
+//! - [`leak`]: the leak checker.
+//!
+//! Tests that create kernel objects hold the kernel lock (through `TestEnv` or
+//! [`kernel_lock`]) so they run one at a time: a leak found after a test is that test's.
+
+#![allow(dead_code)]
+
+pub mod images;
+pub mod leak;
+pub mod registry;
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Skip the calling test, loudly, when the process is not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::support::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (namespaces, mounts, cgroups, netlink)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+/// True when running as uid 0.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+static KERNEL_LOCK: Mutex<()> = Mutex::new(());
+
+/// Serialise tests that touch the kernel; a panicking holder does not poison later tests.
+pub fn kernel_lock() -> MutexGuard<'static, ()> {
+    KERNEL_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Path of the `berth` binary built for this test run.
+pub fn berth_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// The repository root (where `Cargo.toml` of the workspace is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `../shared` beside the repository, when present (absent in a user's clone).
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = repo_root().join("../shared");
+    p.is_dir().then_some(p)
+}
+
+/// A per-test environment: unique state root, kernel lock, leak snapshot.
+pub struct TestEnv {
+    /// berth's state root for this test (`--root` / `BERTH_ROOT`).
+    pub root: PathBuf,
+    /// A unique, valid compose project name for this test.
+    pub project: String,
+    tmp: Option<tempfile::TempDir>,
+    snapshot: leak::Snapshot,
+    finished: bool,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl TestEnv {
+    /// Take the kernel lock, make a fresh state root and snapshot berth-owned objects.
+    pub fn new(name: &str) -> TestEnv {
+        let lock = kernel_lock();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("berth-test-{name}-"))
+            .tempdir()
+            .expect("creating a temp state root");
+        let root = tmp.path().to_path_buf();
+        let suffix: String = root
+            .file_name()
+            .map(|n| n.to_string_lossy().rsplit('-').next().unwrap_or("x").to_lowercase())
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let project = format!("t{}{}", name.replace(['_', ' '], "-"), suffix);
+        let snapshot = leak::Snapshot::take();
+        TestEnv {
+            root,
+            project,
+            tmp: Some(tmp),
+            snapshot,
+            finished: false,
+            _lock: lock,
+        }
+    }
+
+    /// A `berth` command with this test's state root.
+    pub fn berth(&self) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.env("BERTH_ROOT", &self.root);
+        c
+    }
+
+    /// Run berth with `args`, returning (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.berth().args(args).output().expect("running berth");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Assert nothing berth-owned is left since [`TestEnv::new`], then remove the root.
+    pub fn finish(mut self) {
+        self.finished = true;
+        let leaks = self.snapshot.leaks_since();
+        if let Some(tmp) = self.tmp.take() {
+            let _ = tmp.close();
+        }
+        assert!(leaks.is_empty(), "leaked berth-owned objects:\n  {}", leaks.join("\n  "));
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if !self.finished && !std::thread::panicking() {
+            eprintln!("note: TestEnv for {} dropped without finish()", self.project);
+        }
+    }
+}
+
+/// Guard for [`enter_fresh_netns`]: puts the thread back into its old namespace on drop.
+pub struct NetnsGuard {
+    old: std::fs::File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = nix::sched::setns(self.old.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+    }
+}
+
+/// Move the calling thread into a new network namespace with `lo` up. Threads and
+/// processes it starts afterwards inherit the namespace; the namespace disappears when the
+/// last of them is gone.
+pub fn enter_fresh_netns() -> NetnsGuard {
+    let old = std::fs::File::open("/proc/thread-self/ns/net").expect("opening current netns");
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+    let st = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("running ip");
+    assert!(st.success(), "ip link set lo up failed");
+    NetnsGuard { old }
+}
+
+/// Poll `f` until it returns `Ok` or `timeout` passes; panic with the last error then.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut wait = Duration::from_millis(5);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("condition not met within {timeout:?}: {e}")
+            }
+            Err(_) => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// Write `content` to `dir/name`, creating `dir`.
+pub fn write_file(dir: &Path, name: &str, content: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("creating dir");
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("writing file");
+    p
+}
