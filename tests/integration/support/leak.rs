@@ -21,6 +21,7 @@ pub struct Snapshot {
     netns_inode: u64,
     links: BTreeSet<String>,
     nft_tables: BTreeSet<String>,
+    nft_rules: BTreeSet<String>,
     netns_pins: BTreeSet<String>,
     mounts: BTreeSet<String>,
     cgroups: BTreeSet<String>,
@@ -34,6 +35,7 @@ impl Snapshot {
             netns_inode: netns_inode(),
             links: links(),
             nft_tables: nft_tables(),
+            nft_rules: nft_rules(),
             netns_pins: netns_pins(),
             mounts: mounts(),
             cgroups: cgroups(),
@@ -53,17 +55,27 @@ impl Snapshot {
                 out.push(format!("{kind}: {x}"));
             }
         };
-        diff("link", if same_ns { &self.links } else { &empty }, &now.links);
+        diff(
+            "link",
+            if same_ns { &self.links } else { &empty },
+            &now.links,
+        );
         diff(
             "nft table",
             if same_ns { &self.nft_tables } else { &empty },
             &now.nft_tables,
         );
+        diff(
+            "nft rule",
+            if same_ns { &self.nft_rules } else { &empty },
+            &now.nft_rules,
+        );
         diff("netns pin", &self.netns_pins, &now.netns_pins);
         diff("mount", &self.mounts, &now.mounts);
         diff("cgroup", &self.cgroups, &now.cgroups);
         // Processes can take a moment to be reaped after their cgroup is killed.
-        let mut procs: BTreeSet<String> = now.processes.difference(&self.processes).cloned().collect();
+        let mut procs: BTreeSet<String> =
+            now.processes.difference(&self.processes).cloned().collect();
         for _ in 0..50 {
             if procs.is_empty() {
                 break;
@@ -115,6 +127,20 @@ fn nft_tables() -> BTreeSet<String> {
         .collect()
 }
 
+/// Rules berth tagged in tables it does not own (e.g. the scoped accepts in iptables'
+/// FORWARD/DOCKER-USER chains when Docker left a DROP policy), by their `berth:` comment.
+fn nft_rules() -> BTreeSet<String> {
+    let Ok(out) = Command::new("nft").args(["list", "ruleset"]).output() else {
+        return BTreeSet::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("comment \"berth:"))
+        .map(str::to_string)
+        .collect()
+}
+
 fn netns_pins() -> BTreeSet<String> {
     std::fs::read_dir("/run/netns")
         .map(|rd| {
@@ -159,7 +185,9 @@ fn cgroups() -> BTreeSet<String> {
         if depth == 0 {
             return;
         }
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 continue;
@@ -182,7 +210,9 @@ fn cgroups() -> BTreeSet<String> {
 fn processes() -> BTreeSet<String> {
     let me = std::process::id();
     let mut out = BTreeSet::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in rd.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
@@ -192,7 +222,12 @@ fn processes() -> BTreeSet<String> {
         }
         let base = e.path();
         let cmdline = std::fs::read(base.join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .replace('\0', " ")
+                    .trim()
+                    .to_string()
+            })
             .unwrap_or_default();
         let cgroup = std::fs::read_to_string(base.join("cgroup")).unwrap_or_default();
         let exe_is_berth = cmdline

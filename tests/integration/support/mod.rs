@@ -91,7 +91,13 @@ impl TestEnv {
         let root = tmp.path().to_path_buf();
         let suffix: String = root
             .file_name()
-            .map(|n| n.to_string_lossy().rsplit('-').next().unwrap_or("x").to_lowercase())
+            .map(|n| {
+                n.to_string_lossy()
+                    .rsplit('-')
+                    .next()
+                    .unwrap_or("x")
+                    .to_lowercase()
+            })
             .unwrap_or_default()
             .chars()
             .filter(|c| c.is_ascii_alphanumeric())
@@ -132,14 +138,21 @@ impl TestEnv {
         if let Some(tmp) = self.tmp.take() {
             let _ = tmp.close();
         }
-        assert!(leaks.is_empty(), "leaked berth-owned objects:\n  {}", leaks.join("\n  "));
+        assert!(
+            leaks.is_empty(),
+            "leaked berth-owned objects:\n  {}",
+            leaks.join("\n  ")
+        );
     }
 }
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
         if !self.finished && !std::thread::panicking() {
-            eprintln!("note: TestEnv for {} dropped without finish()", self.project);
+            eprintln!(
+                "note: TestEnv for {} dropped without finish()",
+                self.project
+            );
         }
     }
 }

@@ -66,12 +66,10 @@ impl Registry {
             _dir: dir,
         };
         let url = format!("http://{}/v2/", reg.addr);
-        eventually(Duration::from_secs(15), || {
-            match agent().get(&url).call() {
-                Ok(r) if r.status() == 200 => Ok(()),
-                Ok(r) => Err(format!("/v2/ answered {}", r.status())),
-                Err(e) => Err(format!("/v2/ not reachable: {e}")),
-            }
+        eventually(Duration::from_secs(15), || match agent().get(&url).call() {
+            Ok(r) if r.status() == 200 => Ok(()),
+            Ok(r) => Err(format!("/v2/ answered {}", r.status())),
+            Err(e) => Err(format!("/v2/ not reachable: {e}")),
         });
         reg
     }
@@ -113,8 +111,12 @@ impl Registry {
         let desc = &index["manifests"][0];
         let mdigest = desc["digest"].as_str().expect("manifest digest");
         let blob = |d: &str| {
-            std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:")))
-                .expect("reading blob")
+            std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )
+            .expect("reading blob")
         };
         let manifest_bytes = blob(mdigest);
         let manifest: serde_json::Value =

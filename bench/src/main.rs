@@ -1,0 +1,339 @@
+//! berth's benchmark driver: `cargo run --release -p berth-bench -- [--runs N] [--json FILE]`
+//! (as root; `scripts/bench.sh` builds everything first).
+//!
+//! Each section times whole commands, interleaving the compared variants (A B A B …) so
+//! their ratio holds on a noisy machine, and prints min/median/max in milliseconds against
+//! the target the issue tracker set. A section whose feature is not built yet, or whose
+//! comparison tool is absent, says so instead of printing a number. The same table is
+//! written as JSON. Not part of CI's pass/fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+struct Row {
+    section: String,
+    case: String,
+    runs: usize,
+    min_ms: f64,
+    median_ms: f64,
+    max_ms: f64,
+    target: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Note {
+    section: String,
+    note: String,
+}
+
+#[derive(Default, Serialize)]
+struct Report {
+    rows: Vec<Row>,
+    notes: Vec<Note>,
+}
+
+impl Report {
+    fn note(&mut self, section: &str, note: impl Into<String>) {
+        let note = note.into();
+        println!("  {section}: {note}");
+        self.notes.push(Note {
+            section: section.into(),
+            note,
+        });
+    }
+
+    fn row(&mut self, section: &str, case: &str, samples: &mut [f64], target: &str) {
+        samples.sort_by(|a, b| a.total_cmp(b));
+        let n = samples.len();
+        if n == 0 {
+            return;
+        }
+        let median = if n % 2 == 1 {
+            samples[n / 2]
+        } else {
+            (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+        };
+        let row = Row {
+            section: section.into(),
+            case: case.into(),
+            runs: n,
+            min_ms: samples[0],
+            median_ms: median,
+            max_ms: samples[n - 1],
+            target: target.into(),
+        };
+        println!(
+            "  {:<44} {:>4} {:>9.2} {:>9.2} {:>9.2}   {}",
+            row.case, row.runs, row.min_ms, row.median_ms, row.max_ms, row.target
+        );
+        self.rows.push(row);
+    }
+}
+
+struct Opts {
+    runs: usize,
+    json: PathBuf,
+    berth: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut opts = Opts {
+        runs: 10,
+        json: PathBuf::from("target/bench.json"),
+        berth: PathBuf::from("target/release/berth"),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => opts.runs = args.next().context("--runs N")?.parse()?,
+            "--json" => opts.json = args.next().context("--json FILE")?.into(),
+            "--berth" => opts.berth = args.next().context("--berth PATH")?.into(),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if !opts.berth.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release)",
+            opts.berth.display()
+        );
+    }
+    let work = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
+    let mut report = Report::default();
+    println!(
+        "  {:<44} {:>4} {:>9} {:>9} {:>9}   target",
+        "case (ms)", "runs", "min", "median", "max"
+    );
+
+    section_start_exit(&opts, &mut report);
+    section_up_down(&opts, work.path(), &mut report);
+    section_other_orchestrators(&mut report);
+    section_network(&mut report);
+    section_pull(&mut report);
+    section_config(&opts, work.path(), &mut report)?;
+    section_rss(&mut report);
+
+    if let Some(dir) = opts.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&opts.json, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nwrote {}", opts.json.display());
+    Ok(())
+}
+
+/// Time one run of a command (output discarded); error when it fails.
+fn time_cmd(cmd: &mut Command) -> Result<f64> {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(ms)
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// 1. Container start→exit of `/bin/true`: berth's runtime vs runc and crun.
+fn section_start_exit(opts: &Opts, r: &mut Report) {
+    let s = "1 start->exit";
+    let probe = Command::new(&opts.berth)
+        .args(["container", "run", "--help"])
+        .output();
+    let built = matches!(probe, Ok(ref o) if o.status.success()
+        && String::from_utf8_lossy(&o.stdout).contains("--rootfs"));
+    if !built {
+        r.note(s, "not built yet (`berth container run --rootfs` missing)");
+    }
+    r.note(
+        s,
+        "runc/crun comparison runs together with berth's row, once it exists",
+    );
+}
+
+fn compose_file(n: usize, ignore_term: bool) -> String {
+    let mut y = String::from("services:\n");
+    for i in 0..n {
+        y.push_str(&format!("  s{i}:\n    image: busybox\n"));
+        if ignore_term {
+            // PID 1 without a SIGTERM handler: the kernel drops SIGTERM.
+            y.push_str("    command: [\"sleep\", \"3600\"]\n");
+        } else {
+            y.push_str(
+                "    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n",
+            );
+        }
+    }
+    y
+}
+
+/// 2. `up -d` / `down` of 1, 10 and 50 busybox services.
+fn section_up_down(opts: &Opts, work: &Path, r: &mut Report) {
+    let s = "2 up/down";
+    let root = work.join("updown-root");
+    let berth = |args: &[&str], dir: &Path| {
+        let mut c = Command::new(&opts.berth);
+        c.env("BERTH_ROOT", &root).current_dir(dir).args(args);
+        c
+    };
+    // The busybox image must be loadable into the bench's own state root.
+    let layout = work.join("busybox-oci");
+    if let Err(e) = berth_fixtures::busybox_oci_layout(&layout) {
+        r.note(s, format!("cannot build the busybox fixture: {e:#}"));
+        return;
+    }
+    let load = berth(&["image", "load", "-i", &layout.to_string_lossy()], work).output();
+    if !matches!(load, Ok(ref o) if o.status.success()) {
+        r.note(s, "not built yet (`berth image load` failed)");
+        return;
+    }
+    for (n, ignore) in [(1usize, false), (10, false), (50, false), (10, true)] {
+        let dir = work.join(format!("p{n}{}", if ignore { "i" } else { "" }));
+        let _ = std::fs::create_dir_all(&dir);
+        if std::fs::write(dir.join("compose.yaml"), compose_file(n, ignore)).is_err() {
+            continue;
+        }
+        let (mut ups, mut downs) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            match time_cmd(&mut berth(&["up", "-d"], &dir)) {
+                Ok(ms) => ups.push(ms),
+                Err(e) => {
+                    let _ = berth(&["down"], &dir).output();
+                    r.note(s, format!("not built yet (`berth up -d` failed: {e:#})"));
+                    return;
+                }
+            }
+            match time_cmd(&mut berth(&["down"], &dir)) {
+                Ok(ms) => downs.push(ms),
+                Err(e) => {
+                    r.note(s, format!("`berth down` failed: {e:#}"));
+                    return;
+                }
+            }
+        }
+        let tag = if ignore {
+            " (PID 1 ignores SIGTERM)"
+        } else {
+            ""
+        };
+        let (up_target, down_target) = match (n, ignore) {
+            (10, false) => (
+                "< 150 ms (docker-compose ~3.2 s)",
+                "< 100 ms (anchors ~10.5 s)",
+            ),
+            (50, false) => ("< 600 ms", ""),
+            (10, true) => ("", "< 300 ms (anchors ~10.5-11.8 s)"),
+            _ => ("", ""),
+        };
+        if !ignore {
+            r.row(
+                s,
+                &format!("berth up -d, {n} services"),
+                &mut ups,
+                up_target,
+            );
+        }
+        r.row(
+            s,
+            &format!("berth down, {n} services{tag}"),
+            &mut downs,
+            down_target,
+        );
+    }
+}
+
+/// 3. Other orchestrators, when present with a working engine (never installed here).
+fn section_other_orchestrators(r: &mut Report) {
+    let s = "3 other orchestrators";
+    let docker_ok = have("docker")
+        && Command::new("docker")
+            .arg("info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|st| st.success())
+            .unwrap_or(false);
+    if !docker_ok {
+        r.note(s, "docker compose skipped: no running Docker engine");
+    }
+    if !have("podman-compose") {
+        r.note(s, "podman-compose skipped: not installed");
+    }
+}
+
+/// 4. Network setup time, DNS latency/qps, published-port throughput.
+fn section_network(r: &mut Report) {
+    r.note(
+        "4 network",
+        "not built yet (per-attachment setup, DNS qps and port throughput need the engine's network path)",
+    );
+}
+
+/// 5. Pull + unpack of the multi-layer fixture vs skopeo + umoci.
+fn section_pull(r: &mut Report) {
+    r.note("5 pull+unpack", "not built yet (needs `berth image pull`)");
+}
+
+fn config_file(n: usize) -> String {
+    let mut y = String::from("services:\n");
+    for i in 0..n {
+        y.push_str(&format!(
+            "  svc{i}:\n    image: busybox:${{TAG:-latest}}\n    command: [\"sleep\", \"{i}\"]\n    environment:\n      - INDEX={i}\n      - NAME=svc{i}\n    ports:\n      - \"{}:80\"\n    volumes:\n      - data{i}:/data\n",
+            20000 + i,
+        ));
+        if i > 0 {
+            y.push_str(&format!("    depends_on:\n      - svc{}\n", i - 1));
+        }
+    }
+    y.push_str("volumes:\n");
+    for i in 0..n {
+        y.push_str(&format!("  data{i}: {{}}\n"));
+    }
+    y
+}
+
+/// 6. `berth config` on a generated 200-service file.
+fn section_config(opts: &Opts, work: &Path, r: &mut Report) -> Result<()> {
+    let s = "6 config";
+    let dir = work.join("config200");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("compose.yaml"), config_file(200))?;
+    let run = || {
+        let mut c = Command::new(&opts.berth);
+        c.current_dir(&dir).arg("config");
+        time_cmd(&mut c)
+    };
+    if let Err(e) = run() {
+        r.note(s, format!("not built yet (`berth config` failed: {e:#})"));
+        return Ok(());
+    }
+    let mut samples = Vec::new();
+    for _ in 0..opts.runs.max(5) {
+        samples.push(run()?);
+    }
+    r.row(s, "berth config, 200 services", &mut samples, "< 100 ms");
+    Ok(())
+}
+
+/// 7. RSS of the supervisor and shims with 10 services up.
+fn section_rss(r: &mut Report) {
+    r.note(
+        "7 rss",
+        "not built yet (needs the supervisor and shims of a 10-service stack)",
+    );
+}
