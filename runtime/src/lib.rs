@@ -1,8 +1,70 @@
-//! berth-runtime: placeholder until the runtime lands.
+//! berth-runtime: berth's embedded, synchronous container runtime.
+//!
+//! It knows nothing of Compose. The engine builds a [`ContainerSpec`] and calls:
+//!
+//! ```text
+//! let rt = Runtime::new("<root>/containers");            // .with_helper(path) in tests
+//! let c: Container = rt.run(&spec)?;                      // create + start; returns once the command runs
+//! let c = rt.get("id")?;  rt.list()?;                     // re-attach from disk, in any process
+//! c.status()? -> Status   c.pid()   c.pidfd()?   c.log_path()
+//! c.signal(Signal::SIGHUP)?;  c.stop(Duration)? -> ExitRecord;  c.kill_all()?
+//! c.pause()?; c.unpause()?;   c.stats()? -> Stats
+//! c.exec(&ExecSpec::new(["sh", "-c", "…"]))? -> ExecOutput { code, stdout, stderr }
+//! c.wait(Some(timeout))? -> ExitRecord { code, signal, oom_killed, .. }
+//! rt.delete("id")? / c.delete()?                          // idempotent
+//! ```
+//!
+//! and, first thing in `main`, [`hidden_main`], which runs berth's hidden single-threaded modes.
+//!
+//! Process model: the caller (possibly a tokio process) never forks to do namespace work. It
+//! spawns its own binary, from a sealed memfd copy ([`sealed_exe`], CVE-2019-5736), as a
+//! per-container **shim** ([`shim`]) that detaches, owns the container's cgroup, stdout/stderr
+//! (JSON-lines log, [`log`]) and exit status ([`state`]), and survives the caller. The shim
+//! forks the container **init** ([`init`]: namespaces, [`rootfs`], [`user`],
+//! [`capabilities`], [`seccomp`], exec; optionally [`tiny_init`] as PID 1). **exec** ([`exec`])
+//! is another hidden mode that joins a running container. Errors from the far side come back as
+//! an [`ErrorChain`] over a pipe ([`protocol`]). cgroups v1 and v2 sit behind
+//! [`cgroups::CgroupManager`].
+//!
+//! Modules: `spec` (input), `container` (caller side API), `shim`, `init`, `tiny_init`, `exec`,
+//! `rootfs`, `cgroups/{v1,v2}`, `capabilities`, `seccomp` (+ Docker's profile as data),
+//! `user`, `log`, `state`, `protocol`, `sealed_exe`.
 
-/// Runs a hidden mode (container init, shim) when this process was started in one and
-/// returns its exit code; `None` for a normal CLI start. Must be called first in `main`,
-/// before any thread exists.
+pub mod capabilities;
+pub mod cgroups;
+mod container;
+mod exec;
+mod init;
+pub mod log;
+mod protocol;
+mod rootfs;
+mod sealed_exe;
+pub mod seccomp;
+mod shim;
+pub mod spec;
+pub mod state;
+mod tiny_init;
+pub mod user;
+
+pub use container::{Container, Runtime, RuntimeError, Status};
+pub use exec::{ExecOutput, ExecSpec};
+pub use protocol::ErrorChain;
+pub use rootfs::{MASKED_PATHS, READONLY_PATHS};
+pub use spec::{ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs, Seccomp};
+pub use state::ExitRecord;
+
+pub use nix::sys::signal::Signal;
+
+/// Runs a hidden mode (shim, exec helper) when this process was started in one and returns
+/// its exit code; `None` for a normal CLI start. Must be called first in `main`, before any
+/// thread exists: the modes fork and `setns`, which need a single-threaded process.
 pub fn hidden_main() -> Option<u8> {
-    None
+    // args_os: a normal CLI start may have non-UTF-8 arguments, which `args()` would panic on.
+    let mode = std::env::args_os().nth(1)?;
+    let rest: Vec<String> = std::env::args_os().skip(2).map(|a| a.to_string_lossy().into_owned()).collect();
+    match mode.to_str()? {
+        shim::MODE => Some(shim::main(&rest)),
+        exec::MODE => Some(exec::main(&rest)),
+        _ => None,
+    }
 }

@@ -17,40 +17,51 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Options shared by every command, with docker compose's names.
+/// Options shared by every command, with docker compose's names. Like docker compose's,
+/// they go before the subcommand (`berth -f x.yaml logs -f`), so subcommands can reuse the
+/// short letters (`logs -f`, `down -v`, `run -p`); only `--root` is accepted anywhere.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GlobalOpts {
     /// Compose configuration files (repeatable, `-` for stdin)
-    #[arg(short = 'f', long = "file", global = true)]
+    #[arg(short = 'f', long = "file")]
     pub files: Vec<PathBuf>,
     /// Project name
-    #[arg(short = 'p', long = "project-name", global = true)]
+    #[arg(short = 'p', long = "project-name")]
     pub project_name: Option<String>,
     /// Alternate working directory (default: the directory of the first compose file)
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub project_directory: Option<PathBuf>,
     /// Alternate environment files (repeatable)
-    #[arg(long = "env-file", global = true)]
+    #[arg(long = "env-file")]
     pub env_files: Vec<PathBuf>,
     /// Profiles to enable (repeatable)
-    #[arg(long = "profile", global = true)]
+    #[arg(long = "profile")]
     pub profiles: Vec<String>,
     /// Progress output: auto, tty, plain, json, quiet
-    #[arg(long, global = true, default_value = "auto")]
+    #[arg(long, default_value = "auto")]
     pub progress: String,
     /// ANSI control characters: never, always, auto
-    #[arg(long, global = true, default_value = "auto")]
+    #[arg(long, default_value = "auto")]
     pub ansi: String,
     /// berth's state root (images, containers, volumes, networks)
-    #[arg(long, global = true, env = "BERTH_ROOT", default_value = "/var/lib/berth")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ROOT",
+        default_value = "/var/lib/berth"
+    )]
     pub root: PathBuf,
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG wins when set
-    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "Compose-style multi-container orchestrator with its own container runtime")]
+#[command(
+    name = "berth",
+    version,
+    about = "Compose-style multi-container orchestrator with its own container runtime"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
@@ -85,7 +96,10 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");

@@ -1,1 +1,462 @@
-//! TODO: plan
+//! Planning: a pure reconcile of what the project wants against what exists, yielding the
+//! operations to run, *including the waits*, as a dependency graph.
+//!
+//! Takes [`Desired`] services (derived from the `Project` by the engine: name, replicas,
+//! config hash, dependencies) and [`Observed`] containers (from state labels). Gives a
+//! [`Plan`]: operations with the indices of the operations each one must wait for. No
+//! I/O, no clocks: tested with literal inputs. Neighbours: `project` (upstream),
+//! `engine::executor` (runs the plan without deciding anything).
+
+pub mod graph;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+pub use graph::{order_services, GraphError};
+
+/// A service as the plan needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub service: String,
+    pub replicas: u32,
+    /// Stable hash of the resolved service config (label on its containers).
+    pub config_hash: String,
+    /// `container_name`, when set (then replicas must be 1).
+    pub container_name: Option<String>,
+    pub depends_on: Vec<Dependency>,
+}
+
+/// One `depends_on` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    pub service: String,
+    pub condition: Condition,
+    /// `required: false` dependencies may be missing from the project.
+    pub required: bool,
+}
+
+/// What to wait for before a dependent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Condition {
+    Started,
+    Healthy,
+    CompletedSuccessfully,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Condition::Started => "running",
+            Condition::Healthy => "healthy",
+            Condition::CompletedSuccessfully => "completed successfully",
+        })
+    }
+}
+
+/// A container that exists, as read back from state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: String,
+    pub service: String,
+    pub number: u32,
+    pub config_hash: String,
+    pub running: bool,
+}
+
+/// Convergence flags of `up`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpOptions {
+    pub force_recreate: bool,
+    pub no_recreate: bool,
+    pub remove_orphans: bool,
+    /// `--no-start`: create only.
+    pub no_start: bool,
+}
+
+/// One operation of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    /// Make sure the image of `service` is in the store.
+    EnsureImage { service: String },
+    /// Create the project's networks (idempotent).
+    EnsureNetworks,
+    /// Stop and remove an existing container.
+    Remove { id: String, service: String },
+    /// Create container `name` (number `number`) of `service`.
+    Create {
+        service: String,
+        number: u32,
+        name: String,
+    },
+    /// Start container `name`.
+    Start { service: String, name: String },
+    /// Wait until every container of `service` is in `condition`.
+    Wait {
+        service: String,
+        condition: Condition,
+    },
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::EnsureImage { service } => write!(f, "ensure image of {service}"),
+            Op::EnsureNetworks => write!(f, "ensure networks"),
+            Op::Remove { id, .. } => write!(f, "remove container {id}"),
+            Op::Create { name, .. } => write!(f, "create container {name}"),
+            Op::Start { name, .. } => write!(f, "start container {name}"),
+            Op::Wait { service, condition } => write!(f, "wait for {service} {condition}"),
+        }
+    }
+}
+
+/// A step: an operation and the steps it waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub op: Op,
+    pub after: Vec<usize>,
+}
+
+/// The operations of an `up`, in an order where every step comes after the ones it waits
+/// for (so running them one by one in order is also correct).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    fn push(&mut self, op: Op, after: Vec<usize>) -> usize {
+        let mut after = after;
+        after.sort_unstable();
+        after.dedup();
+        self.steps.push(Step { op, after });
+        self.steps.len() - 1
+    }
+
+    /// True when the plan changes nothing.
+    pub fn is_noop(&self) -> bool {
+        self.steps.iter().all(|s| {
+            matches!(
+                s.op,
+                Op::EnsureImage { .. } | Op::EnsureNetworks | Op::Wait { .. }
+            )
+        })
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.steps.iter().enumerate() {
+            write!(f, "{i:>3}  {}", s.op)?;
+            if !s.after.is_empty() {
+                let after: Vec<String> = s.after.iter().map(|a| a.to_string()).collect();
+                write!(f, "  (after {})", after.join(", "))?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// The name of container `number` of `service` in `project`, as compose names it.
+pub fn container_name(project: &str, d: &Desired, number: u32) -> String {
+    match &d.container_name {
+        Some(n) => n.clone(),
+        None => format!("{project}-{}-{number}", d.service),
+    }
+}
+
+/// Reconcile: what must happen so that `observed` becomes `desired`.
+pub fn reconcile(
+    project: &str,
+    desired: &[Desired],
+    observed: &[Observed],
+    opts: &UpOptions,
+) -> Result<Plan, GraphError> {
+    let order = order_services(desired)?;
+    let by_name: BTreeMap<&str, &Desired> =
+        desired.iter().map(|d| (d.service.as_str(), d)).collect();
+    let mut plan = Plan::default();
+    let nets = plan.push(Op::EnsureNetworks, vec![]);
+
+    // Orphans first: containers of services the project no longer has.
+    let mut orphan_steps = Vec::new();
+    if opts.remove_orphans {
+        for o in observed {
+            if !by_name.contains_key(o.service.as_str()) {
+                orphan_steps.push(plan.push(
+                    Op::Remove {
+                        id: o.id.clone(),
+                        service: o.service.clone(),
+                    },
+                    vec![],
+                ));
+            }
+        }
+    }
+
+    // Per service: the step after which it counts as "started" for its dependents, and
+    // the waits already planned, so each (service, condition) is waited for once.
+    let mut ready: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut waits: BTreeMap<(String, Condition), usize> = BTreeMap::new();
+    let mut recreated: BTreeSet<String> = BTreeSet::new();
+
+    for name in order {
+        let d = by_name[name.as_str()];
+        let image = plan.push(
+            Op::EnsureImage {
+                service: d.service.clone(),
+            },
+            vec![],
+        );
+        // What this service's starts wait for: networks, orphan removal, dependencies.
+        let mut gate = vec![nets, image];
+        gate.extend(&orphan_steps);
+        for dep in &d.depends_on {
+            if !by_name.contains_key(dep.service.as_str()) {
+                continue; // optional and absent (the loader refuses required ones)
+            }
+            let key = (dep.service.clone(), dep.condition);
+            let w = match waits.get(&key) {
+                Some(w) => *w,
+                None => {
+                    let w = plan.push(
+                        Op::Wait {
+                            service: dep.service.clone(),
+                            condition: dep.condition,
+                        },
+                        ready.get(&dep.service).cloned().unwrap_or_default(),
+                    );
+                    waits.insert(key, w);
+                    w
+                }
+            };
+            gate.push(w);
+        }
+
+        let mut mine: Vec<&Observed> = observed.iter().filter(|o| o.service == d.service).collect();
+        mine.sort_by_key(|o| o.number);
+        let mut done = Vec::new();
+        for number in 1..=d.replicas {
+            let name = container_name(project, d, number);
+            match mine.iter().find(|o| o.number == number) {
+                Some(o) => {
+                    let changed = o.config_hash != d.config_hash;
+                    let recreate = !opts.no_recreate && (opts.force_recreate || changed);
+                    if recreate {
+                        recreated.insert(d.service.clone());
+                        let rm = plan.push(
+                            Op::Remove {
+                                id: o.id.clone(),
+                                service: d.service.clone(),
+                            },
+                            vec![image],
+                        );
+                        let mut after = gate.clone();
+                        after.push(rm);
+                        let c = plan.push(
+                            Op::Create {
+                                service: d.service.clone(),
+                                number,
+                                name: name.clone(),
+                            },
+                            after,
+                        );
+                        if opts.no_start {
+                            done.push(c);
+                        } else {
+                            done.push(plan.push(
+                                Op::Start {
+                                    service: d.service.clone(),
+                                    name,
+                                },
+                                vec![c],
+                            ));
+                        }
+                    } else if !o.running && !opts.no_start {
+                        done.push(plan.push(
+                            Op::Start {
+                                service: d.service.clone(),
+                                name: o.id.clone(),
+                            },
+                            gate.clone(),
+                        ));
+                    }
+                }
+                None => {
+                    let c = plan.push(
+                        Op::Create {
+                            service: d.service.clone(),
+                            number,
+                            name: name.clone(),
+                        },
+                        gate.clone(),
+                    );
+                    if opts.no_start {
+                        done.push(c);
+                    } else {
+                        done.push(plan.push(
+                            Op::Start {
+                                service: d.service.clone(),
+                                name,
+                            },
+                            vec![c],
+                        ));
+                    }
+                }
+            }
+        }
+        // Scale down: containers numbered above the replica count go.
+        for o in mine.iter().filter(|o| o.number > d.replicas) {
+            done.push(plan.push(
+                Op::Remove {
+                    id: o.id.clone(),
+                    service: d.service.clone(),
+                },
+                vec![],
+            ));
+        }
+        ready.insert(d.service.clone(), done);
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, hash: &str, deps: &[(&str, Condition)]) -> Desired {
+        Desired {
+            service: name.into(),
+            replicas: 1,
+            config_hash: hash.into(),
+            container_name: None,
+            depends_on: deps
+                .iter()
+                .map(|(s, c)| Dependency {
+                    service: s.to_string(),
+                    condition: *c,
+                    required: true,
+                })
+                .collect(),
+        }
+    }
+
+    fn obs(service: &str, n: u32, hash: &str, running: bool) -> Observed {
+        Observed {
+            id: format!("p-{service}-{n}"),
+            service: service.into(),
+            number: n,
+            config_hash: hash.into(),
+            running,
+        }
+    }
+
+    fn ops(p: &Plan) -> Vec<String> {
+        p.steps.iter().map(|s| s.op.to_string()).collect()
+    }
+
+    #[test]
+    fn fresh_project_creates_in_dependency_order_with_waits() {
+        let d = vec![
+            svc("web", "h1", &[("db", Condition::Healthy)]),
+            svc("db", "h2", &[]),
+        ];
+        let p = reconcile("p", &d, &[], &UpOptions::default()).unwrap();
+        let text = p.to_string();
+        assert_eq!(
+            ops(&p),
+            vec![
+                "ensure networks",
+                "ensure image of db",
+                "create container p-db-1",
+                "start container p-db-1",
+                "ensure image of web",
+                "wait for db healthy",
+                "create container p-web-1",
+                "start container p-web-1",
+            ],
+            "{text}"
+        );
+        // The wait comes after db's start, web's create after the wait.
+        assert_eq!(p.steps[5].after, vec![3]);
+        assert!(p.steps[6].after.contains(&5));
+    }
+
+    #[test]
+    fn unchanged_project_is_a_noop() {
+        let d = vec![
+            svc("db", "h2", &[]),
+            svc("web", "h1", &[("db", Condition::Started)]),
+        ];
+        let o = vec![obs("db", 1, "h2", true), obs("web", 1, "h1", true)];
+        let p = reconcile("p", &d, &o, &UpOptions::default()).unwrap();
+        assert!(p.is_noop(), "{p}");
+    }
+
+    #[test]
+    fn changed_hash_recreates_only_that_service() {
+        let d = vec![svc("db", "h2", &[]), svc("web", "NEW", &[])];
+        let o = vec![obs("db", 1, "h2", true), obs("web", 1, "h1", true)];
+        let p = reconcile("p", &d, &o, &UpOptions::default()).unwrap();
+        let o = ops(&p);
+        assert!(o.contains(&"remove container p-web-1".to_string()), "{o:?}");
+        assert!(o.contains(&"create container p-web-1".to_string()));
+        assert!(!o.iter().any(|s| s.contains("p-db-1")), "{o:?}");
+    }
+
+    #[test]
+    fn no_recreate_and_force_recreate() {
+        let d = vec![svc("web", "NEW", &[])];
+        let o = vec![obs("web", 1, "h1", true)];
+        let keep = UpOptions {
+            no_recreate: true,
+            ..Default::default()
+        };
+        assert!(reconcile("p", &d, &o, &keep).unwrap().is_noop());
+        let d = vec![svc("web", "h1", &[])];
+        let force = UpOptions {
+            force_recreate: true,
+            ..Default::default()
+        };
+        assert!(!reconcile("p", &d, &o, &force).unwrap().is_noop());
+    }
+
+    #[test]
+    fn scale_up_down_and_orphans() {
+        let mut web = svc("web", "h", &[]);
+        web.replicas = 2;
+        let o = vec![
+            obs("web", 1, "h", true),
+            obs("web", 3, "h", true),
+            obs("old", 1, "x", true),
+        ];
+        let opts = UpOptions {
+            remove_orphans: true,
+            ..Default::default()
+        };
+        let o = ops(&reconcile("p", &[web], &o, &opts).unwrap());
+        assert!(o.contains(&"create container p-web-2".to_string()), "{o:?}");
+        assert!(o.contains(&"remove container p-web-3".to_string()), "{o:?}");
+        assert!(o.contains(&"remove container p-old-1".to_string()), "{o:?}");
+    }
+
+    #[test]
+    fn stopped_container_is_started_not_recreated() {
+        let d = vec![svc("web", "h", &[])];
+        let o = vec![obs("web", 1, "h", false)];
+        let o = ops(&reconcile("p", &d, &o, &UpOptions::default()).unwrap());
+        assert!(o.contains(&"start container p-web-1".to_string()));
+        assert!(!o.iter().any(|s| s.starts_with("create")));
+    }
+
+    #[test]
+    fn cycle_is_an_error_with_the_path() {
+        let d = vec![
+            svc("a", "h", &[("b", Condition::Started)]),
+            svc("b", "h", &[("a", Condition::Started)]),
+        ];
+        let e = reconcile("p", &d, &[], &UpOptions::default()).unwrap_err();
+        assert_eq!(e.to_string(), "dependency cycle: a -> b -> a");
+    }
+}

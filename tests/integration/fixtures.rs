@@ -42,7 +42,10 @@ fn layered_fixture_final_view() {
                 assert_eq!(got, want, "target of {}", e.path)
             }
             (EntryKind::Hardlink(other), ViewKind::File { inode, .. }) => {
-                let ViewKind::File { inode: other_inode, .. } = &view[other].kind else {
+                let ViewKind::File {
+                    inode: other_inode, ..
+                } = &view[other].kind
+                else {
                     panic!("{other} is not a file");
                 };
                 assert_eq!(inode, other_inode, "{} must share {other}'s inode", e.path);
@@ -87,13 +90,18 @@ fn leak_checker_detects_leaks() {
     let _lock = support::kernel_lock();
     let before = leak::Snapshot::take();
     let _ns = support::enter_fresh_netns();
-    let tmp = tempfile::Builder::new().prefix("berth-leaktest-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("berth-leaktest-")
+        .tempdir()
+        .unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
 
     // Leak one of each kind.
     let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
-    ok(Command::new("mount").args(["-t", "tmpfs", "berth-leaktest"]).arg(&mnt));
+    ok(Command::new("mount")
+        .args(["-t", "tmpfs", "berth-leaktest"])
+        .arg(&mnt));
     let cg = std::path::Path::new("/sys/fs/cgroup/pids/berth-leaktest");
     let cg = if cg.parent().unwrap().is_dir() {
         cg.to_path_buf()
@@ -114,8 +122,12 @@ fn leak_checker_detects_leaks() {
     let cleanup = || {
         let _ = Command::new("kill").arg(child.id().to_string()).status();
         let _ = Command::new("umount").arg(&mnt).status();
-        let _ = Command::new("ip").args(["link", "del", "berth-leak0"]).status();
-        let _ = Command::new("nft").args(["delete", "table", "inet", "berth-leaktest"]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", "berth-leak0"])
+            .status();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", "berth-leaktest"])
+            .status();
     };
     cleanup();
     let _ = child.wait();
@@ -127,7 +139,10 @@ fn leak_checker_detects_leaks() {
         "nft table: table inet berth-leaktest".to_string(),
         format!("process: pid {}", child.id()),
     ] {
-        assert!(text.contains(&want), "leak checker missed {want:?}; it said:\n{text}");
+        assert!(
+            text.contains(&want),
+            "leak checker missed {want:?}; it said:\n{text}"
+        );
     }
     let after = support::eventually(Duration::from_secs(5), || {
         let l = before.leaks_since();

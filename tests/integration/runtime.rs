@@ -1,1 +1,545 @@
-//! runtime tests
+//! The embedded runtime on the kernel path: containers from the busybox fixture, asserted
+//! from inside (status files, mounts, cgroup files) and from the host (cgroups, processes,
+//! the leak checker). Needs root; each test holds the kernel lock through `TestEnv`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_runtime::cgroups::{v2::CgroupV2, CgroupManager};
+use berth_runtime::{
+    Container, ContainerId, ContainerSpec, ExecSpec, ExitRecord, Limits, Mount, Rootfs, Runtime,
+    Signal, Status,
+};
+
+use crate::support::{self, eventually, TestEnv};
+
+struct Fixture {
+    env: TestEnv,
+    rt: Runtime,
+    rootfs: PathBuf,
+    _rootfs_dir: tempfile::TempDir,
+}
+
+fn setup(name: &str) -> Fixture {
+    let env = TestEnv::new(name);
+    let rt = Runtime::new(env.root.join("containers")).with_helper(support::berth_bin());
+    let (dir, rootfs) = support::images::busybox_rootfs_dir();
+    Fixture { env, rt, rootfs, _rootfs_dir: dir }
+}
+
+impl Fixture {
+    fn spec(&self, name: &str, args: &[&str]) -> ContainerSpec {
+        ContainerSpec::new(
+            ContainerId::new(format!("bt-{name}")).unwrap(),
+            Rootfs::Dir(self.rootfs.clone()),
+            args.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    /// Runs to completion and returns the exit record and the whole log text.
+    fn run_to_exit(&self, spec: &ContainerSpec) -> (ExitRecord, String) {
+        let c = self.rt.run(spec).unwrap_or_else(|e| panic!("run {}: {}", spec.id, chain(&e)));
+        let exit = c.wait(Some(Duration::from_secs(60))).expect("container exits");
+        let text = log_text(&c);
+        self.rt.delete(spec.id.as_str()).expect("delete");
+        (exit, text)
+    }
+
+    fn finish(self) {
+        assert!(self.rt.list().unwrap().is_empty(), "containers left in the state dir");
+        self.env.finish();
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn log_text(c: &Container) -> String {
+    berth_runtime::log::read_log(&c.log_path())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l.log)
+        .collect()
+}
+
+/// `key: value` of a status-style text.
+fn field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).map(str::trim))
+        .unwrap_or_else(|| panic!("{key} missing in:\n{text}"))
+}
+
+fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let p = e.path().join("berth").join(id);
+        if p.exists() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+const PROBE: &str = r#"
+echo "cmd1=$(tr '\0' ' ' < /proc/1/cmdline)"
+echo "nprocs=$(ls /proc | grep -c '^[0-9]')"
+echo "hostname=$(hostname)"
+echo "id=$(id)"
+grep -E '^(CapEff|CapBnd|CapPrm|Seccomp|NoNewPrivs):' /proc/self/status
+echo "netdevs=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ',')"
+echo x > /sys/kernel/berth-probe 2>/dev/null && echo sys=writable || echo sys=ro
+echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo procsys=writable || echo procsys=ro
+echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null && echo cgmem=writable || echo cgmem=ro
+echo max > /sys/fs/cgroup/pids/pids.max 2>/dev/null && echo cgpids=writable || echo cgpids=ro
+mkdir /sys/fs/cgroup/memory/sub 2>/dev/null && echo cgmkdir=ok || echo cgmkdir=denied
+echo "interrupts=$(wc -c < /proc/interrupts)"
+echo "keys=$(wc -c < /proc/keys)"
+echo "timer_list=$(wc -c < /proc/timer_list)"
+echo "devs=$(ls /dev | tr '\n' ',')"
+echo "HOME=$HOME"
+"#;
+
+#[test]
+fn docker_default_isolation_seen_from_inside() {
+    crate::require_root!();
+    let fx = setup("rt-isolation");
+    let mut spec = fx.spec("isolation", &["sh", "-c", PROBE]);
+    spec.hostname = Some("web-1".into());
+    let (exit, out) = fx.run_to_exit(&spec);
+    eprintln!("container output:\n{out}");
+    assert_eq!(exit.code, 0, "{out}");
+    assert!(out.contains("cmd1=sh -c"), "PID 1 is the command:\n{out}");
+    let nprocs: u32 = field(&out, "nprocs=").parse().unwrap();
+    assert!(nprocs <= 4, "host pids visible ({nprocs}):\n{out}");
+    assert_eq!(field(&out, "hostname="), "web-1");
+    assert!(field(&out, "id=").starts_with("uid=0(root) gid=0(root)"), "{out}");
+    assert_eq!(field(&out, "CapEff:"), "00000000a80425fb");
+    assert_eq!(field(&out, "CapBnd:"), "00000000a80425fb");
+    assert_eq!(field(&out, "Seccomp:"), "2");
+    assert_eq!(field(&out, "NoNewPrivs:"), "0");
+    assert_eq!(field(&out, "netdevs="), "lo,", "a new, empty network namespace");
+    for (k, v) in [("sys=", "ro"), ("procsys=", "ro"), ("cgmem=", "ro"), ("cgpids=", "ro"), ("cgmkdir=", "denied")] {
+        assert_eq!(field(&out, k), v, "{k}\n{out}");
+    }
+    // Non-empty on the host, masked (bound to /dev/null) inside.
+    for masked in ["interrupts=", "keys=", "timer_list="] {
+        assert_eq!(field(&out, masked), "0", "{masked} not masked");
+    }
+    let devs = field(&out, "devs=");
+    for d in ["null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "mqueue", "fd", "stdin", "stdout", "stderr"] {
+        assert!(devs.split(',').any(|x| x == d), "/dev/{d} missing: {devs}");
+    }
+    assert_eq!(field(&out, "HOME="), "/root");
+    fx.finish();
+}
+
+#[test]
+fn no_new_privileges_only_when_asked() {
+    crate::require_root!();
+    let fx = setup("rt-nnp");
+    let mut spec = fx.spec("nnp", &["grep", "NoNewPrivs", "/proc/self/status"]);
+    spec.no_new_privileges = true;
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(field(&out, "NoNewPrivs:"), "1");
+    fx.finish();
+}
+
+#[test]
+fn users_groups_and_home_come_from_the_rootfs() {
+    crate::require_root!();
+    let fx = setup("rt-user");
+    let etc = fx.rootfs.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n").unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\napp:x:1000:\nextra:x:2000:app\nother:x:3000:\n").unwrap();
+    let probe = "id; echo HOME=$HOME; grep CapEff /proc/self/status; pwd";
+    let mut spec = fx.spec("user", &["sh", "-c", probe]);
+    spec.user = Some("app".into());
+    spec.working_dir = Some("/work/dir".into());
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    assert!(out.contains("uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"), "{out}");
+    assert_eq!(field(&out, "HOME="), "/home/app");
+    assert_eq!(field(&out, "CapEff:"), "0000000000000000", "non-root gets no effective caps");
+    assert!(out.contains("/work/dir"), "working dir created and used:\n{out}");
+
+    let mut spec = fx.spec("user2", &["id"]);
+    spec.user = Some("1234:other".into());
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    assert!(out.starts_with("uid=1234 gid=3000(other)"), "{out}");
+
+    let mut spec = fx.spec("user3", &["id"]);
+    spec.user = Some("nobody-here".into());
+    let err = fx.rt.run(&spec).expect_err("unknown user must fail the start");
+    let msg = chain(&err);
+    assert!(msg.contains("unable to find user nobody-here"), "{msg}");
+    fx.rt.delete("bt-user3").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn exit_codes_and_signals_propagate() {
+    crate::require_root!();
+    let fx = setup("rt-exit");
+    let (exit, _) = fx.run_to_exit(&fx.spec("exit42", &["sh", "-c", "exit 42"]));
+    assert_eq!((exit.code, exit.signal, exit.oom_killed), (42, None, false));
+
+    // A missing command is reported with its cause, like Docker's "executable file not found".
+    let err = fx.rt.run(&fx.spec("nocmd", &["no-such-command"])).expect_err("must fail");
+    assert!(chain(&err).contains("\"no-such-command\" not found in $PATH"), "{}", chain(&err));
+    fx.rt.delete("bt-nocmd").unwrap();
+
+    // SIGTERM to a process that dies of it: berth's init forwards it, 128 + 15.
+    let mut spec = fx.spec("term", &["sleep", "1000"]);
+    spec.init = true;
+    let c = fx.rt.run(&spec).unwrap();
+    let exit = c.stop(Duration::from_secs(20)).unwrap();
+    assert_eq!(exit.code, 143, "{exit:?}");
+    fx.rt.delete("bt-term").unwrap();
+
+    // A handler that exits with its own code.
+    let spec = fx.spec("trap", &["sh", "-c", "trap 'exit 7' TERM; echo ready; while true; do sleep 0.05; done"]);
+    let c = fx.rt.run(&spec).unwrap();
+    eventually(Duration::from_secs(10), || log_text(&c).contains("ready").then_some(()).ok_or("not ready".to_string()));
+    let exit = c.stop(Duration::from_secs(20)).unwrap();
+    assert_eq!(exit.code, 7);
+    fx.rt.delete("bt-trap").unwrap();
+
+    // Custom stop signal delivered to PID 1.
+    let mut spec = fx.spec("usr1", &["sh", "-c", "trap 'exit 9' USR1; echo ready; while true; do sleep 0.05; done"]);
+    spec.stop_signal = Some("SIGUSR1".into());
+    let c = fx.rt.run(&spec).unwrap();
+    eventually(Duration::from_secs(10), || log_text(&c).contains("ready").then_some(()).ok_or("not ready".to_string()));
+    assert_eq!(c.stop(Duration::from_secs(20)).unwrap().code, 9);
+    fx.rt.delete("bt-usr1").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn stop_skips_the_grace_period_when_pid1_ignores_sigterm() {
+    crate::require_root!();
+    let fx = setup("rt-stopfast");
+    // `sleep` as PID 1 has no SIGTERM handler: the kernel drops the signal, so waiting the
+    // grace period would only delay the SIGKILL.
+    let c = fx.rt.run(&fx.spec("stopfast", &["sleep", "1000"])).unwrap();
+    let t = Instant::now();
+    let exit = c.stop(Duration::from_secs(30)).unwrap();
+    assert_eq!((exit.code, exit.signal), (137, Some(9)));
+    assert!(t.elapsed() < Duration::from_secs(10), "grace period not skipped: {:?}", t.elapsed());
+    fx.rt.delete("bt-stopfast").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    crate::require_root!();
+    let fx = setup("rt-pids");
+    let mut spec = fx.spec("pids", &["sh", "-c", "for i in $(seq 1 100); do sleep 1000 & done; echo spawned; sleep 1000"]);
+    spec.limits = Limits { pids: Some(16), ..Default::default() };
+    let c = fx.rt.run(&spec).unwrap();
+    let text = eventually(Duration::from_secs(20), || {
+        let t = log_text(&c);
+        (t.contains("fork") || t.contains("spawned")).then_some(t).ok_or("no output yet".to_string())
+    });
+    assert!(text.contains("can't fork") || text.contains("Resource temporarily unavailable"), "forks did not fail:\n{text}");
+    let stats = c.stats().unwrap();
+    assert!(stats.pids <= 16 && stats.pids > 1, "{stats:?}");
+    c.stop(Duration::from_secs(5)).unwrap();
+    fx.rt.delete("bt-pids").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn memory_past_the_limit_is_oom_killed_as_137() {
+    crate::require_root!();
+    let fx = setup("rt-oom");
+    // dd holds a 256 MiB buffer; the limit is 32 MiB (memsw 64 MiB).
+    let mut spec = fx.spec("oom", &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=4"]);
+    spec.limits = Limits { memory: Some(32 << 20), ..Default::default() };
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 137, "{exit:?} {out}");
+    assert!(exit.oom_killed, "{exit:?}");
+    fx.finish();
+}
+
+#[test]
+fn pause_freezes_and_unpause_resumes() {
+    crate::require_root!();
+    let fx = setup("rt-pause");
+    let c = fx
+        .rt
+        .run(&fx.spec("pause", &["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; done"]))
+        .unwrap();
+    let counter = Path::new("/proc").join(c.pid().unwrap().to_string()).join("root/tmp/n");
+    let read = || std::fs::read_to_string(&counter).unwrap_or_default();
+    eventually(Duration::from_secs(10), || (!read().is_empty()).then_some(()).ok_or("no counter".to_string()));
+    c.pause().unwrap();
+    assert_eq!(c.status().unwrap(), Status::Paused);
+    let frozen = read();
+    // Observe for a while: a frozen counter stays the same (no deadline to poll towards).
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(read(), frozen, "counter moved while paused");
+    }
+    assert!(matches!(c.exec(&ExecSpec::new(["true"])), Err(berth_runtime::RuntimeError::Paused { .. })));
+    c.unpause().unwrap();
+    assert_eq!(c.status().unwrap(), Status::Running);
+    eventually(Duration::from_secs(10), || (read() != frozen).then_some(()).ok_or("counter stuck".to_string()));
+    c.stop(Duration::from_secs(5)).unwrap();
+    fx.rt.delete("bt-pause").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn exec_joins_the_same_namespaces_and_security() {
+    crate::require_root!();
+    let fx = setup("rt-exec");
+    let mut spec = fx.spec("exec", &["sleep", "1000"]);
+    spec.hostname = Some("exec-host".into());
+    spec.env = vec!["FOO=bar".into()];
+    let c = fx.rt.run(&spec).unwrap();
+    let pid = c.pid().unwrap();
+    let script = "for n in pid mnt net uts ipc; do echo $n=$(readlink /proc/self/ns/$n); done; \
+                  echo host=$(hostname); echo FOO=$FOO; grep -E '^(CapEff|Seccomp):' /proc/self/status; \
+                  echo cmd1=$(tr '\\0' ' ' < /proc/1/cmdline)";
+    let out = c.exec(&ExecSpec::new(["sh", "-c", script])).unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(out.code, 0, "{out:?}");
+    let text = out.stdout_str();
+    for n in ["pid", "mnt", "net", "uts", "ipc"] {
+        let want = std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+        assert_eq!(field(&text, &format!("{n}=")), want.to_string_lossy(), "{n} namespace differs");
+    }
+    assert_eq!(field(&text, "host="), "exec-host");
+    assert_eq!(field(&text, "FOO="), "bar");
+    assert_eq!(field(&text, "CapEff:"), "00000000a80425fb");
+    assert_eq!(field(&text, "Seccomp:"), "2");
+    assert_eq!(field(&text, "cmd1="), "sleep 1000");
+
+    let out = c.exec(&ExecSpec::new(["sh", "-c", "echo err >&2; exit 5"])).unwrap();
+    assert_eq!((out.code, out.stderr.as_slice()), (5, &b"err\n"[..]));
+    let err = c.exec(&ExecSpec::new(["nope-cmd"])).expect_err("missing command");
+    assert!(chain(&err).contains("not found"), "{}", chain(&err));
+
+    // The exec'd process is in the container's cgroup.
+    let mut e = ExecSpec::new(["sh", "-c", "cat /proc/self/cgroup"]);
+    e.user = Some("65534".into());
+    let out = c.exec(&e).unwrap();
+    assert!(out.stdout_str().contains("berth/bt-exec"), "{}", out.stdout_str());
+    c.stop(Duration::from_secs(5)).unwrap();
+    fx.rt.delete("bt-exec").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn init_reaps_zombies_and_forwards_signals() {
+    crate::require_root!();
+    let fx = setup("rt-init");
+    // The shell forks a short child, then execs sleep: the child is re-parented to PID 1.
+    let mut spec = fx.spec("init", &["sh", "-c", "sleep 0.1 & exec sleep 1000"]);
+    spec.init = true;
+    let c = fx.rt.run(&spec).unwrap();
+    eventually(Duration::from_secs(10), || {
+        let out = c.exec(&ExecSpec::new(["ps", "-o", "pid,stat,comm"])).map_err(|e| chain(&e))?;
+        let t = out.stdout_str();
+        let sleeps = t.lines().filter(|l| l.contains("sleep")).count();
+        if t.lines().any(|l| l.split_whitespace().nth(1).is_some_and(|s| s.starts_with('Z'))) || sleeps != 1 {
+            return Err(format!("not reaped yet:\n{t}"));
+        }
+        Ok(())
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid().unwrap())).unwrap();
+    assert_eq!(field(&status, "Seccomp:"), "2", "PID 1 init is confined too");
+    assert_eq!(c.stop(Duration::from_secs(20)).unwrap().code, 143);
+    fx.rt.delete("bt-init").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn overlay_rootfs_mounts_and_read_only_root() {
+    crate::require_root!();
+    let fx = setup("rt-overlay");
+    let base = fx.env.root.join("ov");
+    let (upper, work, data) = (base.join("upper"), base.join("work"), base.join("data"));
+    for d in [&upper, &work, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(data.join("hello"), "from host\n").unwrap();
+    let script = "echo hi > /made-here && echo root=rw || echo root=ro; \
+                  echo t > /scratch/t && echo tmpfs=rw || echo tmpfs=ro; \
+                  cat /data/hello; echo x > /data/new && echo data=rw || echo data=ro";
+    let mut spec = fx.spec("overlay", &["sh", "-c", script]);
+    spec.rootfs = Rootfs::Overlay { lower: vec![fx.rootfs.clone()], upper: upper.clone(), work };
+    spec.mounts = vec![
+        Mount::Tmpfs { target: "/scratch".into(), size: Some(1 << 20), mode: None },
+        Mount::Bind { source: data.clone(), target: "/data".into(), read_only: true },
+    ];
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(field(&out, "root="), "rw");
+    assert_eq!(field(&out, "tmpfs="), "rw");
+    assert_eq!(field(&out, "data="), "ro");
+    assert!(out.contains("from host"), "{out}");
+    assert!(upper.join("made-here").exists(), "writes land in the upper dir");
+    assert!(!fx.rootfs.join("made-here").exists(), "the lower layer is untouched");
+
+    let mut spec = fx.spec("readonly", &["sh", "-c", script]);
+    spec.read_only_rootfs = true;
+    spec.mounts = vec![
+        Mount::Tmpfs { target: "/scratch".into(), size: None, mode: None },
+        Mount::Bind { source: data, target: "/data".into(), read_only: false },
+    ];
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(field(&out, "root="), "ro");
+    assert_eq!(field(&out, "tmpfs="), "rw");
+    assert_eq!(field(&out, "data="), "rw");
+    fx.finish();
+}
+
+#[test]
+fn mount_targets_cannot_escape_through_symlinks() {
+    crate::require_root!();
+    let fx = setup("rt-symlink");
+    let outside = fx.env.root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    // A hostile image: /evil points at a host path; the mount must land inside the rootfs.
+    std::os::unix::fs::symlink(&outside, fx.rootfs.join("evil")).unwrap();
+    let src = fx.env.root.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("marker"), "m").unwrap();
+    let mut spec = fx.spec("symlink", &["ls", "/evil"]);
+    spec.mounts = vec![Mount::Bind { source: src, target: "/evil".into(), read_only: true }];
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    assert!(out.contains("marker"), "{out}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "host dir untouched");
+    fx.finish();
+}
+
+#[test]
+fn delete_leaves_nothing_behind() {
+    crate::require_root!();
+    let fx = setup("rt-delete");
+    let c = fx.rt.run(&fx.spec("delete", &["sleep", "1000"])).unwrap();
+    let (pid, shim) = (c.pid().unwrap(), c.shim_pid().unwrap());
+    let state = c.state_dir().to_path_buf();
+    assert!(!cgroup_dirs("bt-delete").is_empty());
+    c.delete().unwrap();
+    assert!(!state.exists(), "state dir left");
+    assert!(cgroup_dirs("bt-delete").is_empty(), "cgroups left: {:?}", cgroup_dirs("bt-delete"));
+    for p in [pid, shim] {
+        let alive = std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "process {p} left");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&state.to_string_lossy().into_owned()), "mount left");
+    // Idempotent.
+    fx.rt.delete("bt-delete").unwrap();
+    fx.finish();
+}
+
+/// Not a test by itself: the caller process for `shim_survives_its_caller`, run in a child
+/// process of the test binary so it can be SIGKILLed.
+#[test]
+#[ignore = "helper process for shim_survives_its_caller"]
+fn caller_process() {
+    let (Ok(root), Ok(rootfs)) = (std::env::var("BT_CALLER_ROOT"), std::env::var("BT_CALLER_ROOTFS")) else {
+        return;
+    };
+    let rt = Runtime::new(root).with_helper(support::berth_bin());
+    let spec = ContainerSpec::new(
+        ContainerId::new("bt-survive").unwrap(),
+        Rootfs::Dir(rootfs.into()),
+        ["sh", "-c", "while true; do echo tick; sleep 0.05; done"].map(String::from).to_vec(),
+    );
+    let c = rt.run(&spec).expect("run");
+    println!("STARTED {}", c.pid().unwrap());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn shim_survives_its_caller() {
+    crate::require_root!();
+    use std::io::BufRead;
+    let fx = setup("rt-survive");
+    let mut caller = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "runtime::caller_process", "--nocapture", "--test-threads=1"])
+        .env("BT_CALLER_ROOT", fx.rt.state_root())
+        .env("BT_CALLER_ROOTFS", &fx.rootfs)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(caller.stdout.take().unwrap()).lines();
+    let pid: i32 = loop {
+        let l = lines.next().expect("caller output").unwrap();
+        if let Some(p) = l.strip_prefix("STARTED ") {
+            break p.trim().parse().unwrap();
+        }
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(caller.id() as i32), Signal::SIGKILL).unwrap();
+    caller.wait().unwrap();
+
+    let rt = Runtime::new(fx.rt.state_root()).with_helper(support::berth_bin());
+    let c = rt.get("bt-survive").unwrap();
+    assert_eq!(c.pid(), Some(pid));
+    assert_eq!(c.status().unwrap(), Status::Running);
+    let size = || std::fs::metadata(c.log_path()).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    eventually(Duration::from_secs(10), || (size() > before).then_some(()).ok_or("log not growing".to_string()));
+    let exit = c.stop(Duration::from_secs(2)).unwrap();
+    assert_eq!(exit.code, 137, "sh ignores SIGTERM as PID 1: killed");
+    rt.delete("bt-survive").unwrap();
+    fx.finish();
+}
+
+#[test]
+fn cgroup_v2_core_files_work_on_the_unified_hierarchy() {
+    crate::require_root!();
+    let unified = Path::new("/sys/fs/cgroup/unified");
+    let is_v2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup/unified ") && l.contains(" - cgroup2 "));
+    let root = if is_v2 { unified.to_path_buf() } else { PathBuf::from("/sys/fs/cgroup") };
+    if !root.join("cgroup.controllers").exists() {
+        eprintln!("SKIPPED cgroup v2 test: no cgroup2 hierarchy mounted");
+        return;
+    }
+    let env = TestEnv::new("rt-cgv2");
+    // This host's v2 hierarchy has no memory/cpu/pids controllers (they are bound to v1), so
+    // only the core files are tested: placement, freeze/thaw, kill-all, removal.
+    let cg = CgroupV2::at(root, "bt-cgv2");
+    cg.create(&Limits::default(), false).unwrap();
+    let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+    cg.add_process(child.id() as i32).unwrap();
+    assert_eq!(cg.procs().unwrap(), vec![child.id() as i32]);
+    cg.freeze().unwrap();
+    assert!(cg.is_frozen().unwrap());
+    cg.thaw().unwrap();
+    assert!(!cg.is_frozen().unwrap());
+    assert!(cg.stats().unwrap().pids >= 1);
+    let limited = CgroupV2::at(PathBuf::from(cg.paths()[0].parent().unwrap().parent().unwrap()), "bt-cgv2-mem");
+    if is_v2 && !std::fs::read_to_string(unified.join("cgroup.controllers")).unwrap().contains("memory") {
+        let err = limited.create(&Limits { memory: Some(1 << 20), ..Default::default() }, false).unwrap_err();
+        assert!(err.to_string().contains("memory controller is not available"), "{err}");
+        limited.remove().unwrap();
+    }
+    cg.kill_all().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+    cg.remove().unwrap();
+    assert!(!cg.exists());
+    env.finish();
+}

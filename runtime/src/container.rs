@@ -1,0 +1,570 @@
+//! The caller's side: [`Runtime`] starts containers, [`Container`] handles operate on them.
+//!
+//! Takes a [`ContainerSpec`] (start) or an id (re-attach from the state dir, in any process),
+//! gives handles with `status`, `signal`, `stop`, `pause`/`unpause`, `exec`, `stats`, `wait`
+//! and `delete`. Safe to call from a multi-threaded (tokio) process: it never forks to do
+//! namespace work itself, it spawns berth's binary in a hidden mode (`shim`, `exec`), from a
+//! sealed memfd copy (`sealed_exe`). Blocking calls (`run`, `wait`, `stop`, `exec`) should go
+//! through `spawn_blocking` in async code. Neighbours: `state` (files), `cgroups`, `seccomp`.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, info_span};
+
+use crate::cgroups::{self, CgroupError, Stats};
+use crate::exec::{ExecOutput, ExecSpec};
+use crate::protocol::{self, ErrorChain, ShimReport};
+use crate::spec::{ContainerId, ContainerSpec, Seccomp, SpecError};
+use crate::state::{pid_alive, ExitRecord, RunningRecord, StateDir};
+
+/// Errors of runtime operations; each names the container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid container spec")]
+    Spec(#[from] SpecError),
+    #[error("container {id} already exists")]
+    AlreadyExists { id: String },
+    #[error("no such container: {id}")]
+    NotFound { id: String },
+    #[error("container {id}: cannot access {path}")]
+    State {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {id}: cannot compile the seccomp profile")]
+    Seccomp {
+        id: String,
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
+    #[error("container {id}: cannot start helper {helper}")]
+    Spawn {
+        id: String,
+        helper: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("container {id}: start failed: {chain}")]
+    Start { id: String, chain: ErrorChain },
+    #[error("container {id}: exec failed: {chain}")]
+    Exec { id: String, chain: ErrorChain },
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    #[error("container {id} is paused")]
+    Paused { id: String },
+    #[error("container {id}: cgroup operation failed")]
+    Cgroup {
+        id: String,
+        #[source]
+        source: CgroupError,
+    },
+    #[error("container {id}: cannot send {signal}")]
+    Signal {
+        id: String,
+        signal: Signal,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("container {id}: timed out waiting for exit")]
+    Timeout { id: String },
+    #[error("container {id}: its shim died without recording an exit status")]
+    ShimGone { id: String },
+    #[error("container {id}: delete left errors: {}", errors.join("; "))]
+    Delete { id: String, errors: Vec<String> },
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Starting: the state dir exists but the shim has not recorded the init yet.
+    Created,
+    Running,
+    Paused,
+    Exited(ExitRecord),
+    /// The init is gone and no exit status was recorded (the shim was killed).
+    Dead,
+}
+
+/// Entry point: a state dir and the helper binary.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    state_root: PathBuf,
+    helper: PathBuf,
+    seal_helper: bool,
+}
+
+impl Runtime {
+    /// Containers live in `state_root/<id>/`; helpers are this executable (`/proc/self/exe`).
+    pub fn new(state_root: impl Into<PathBuf>) -> Self {
+        Self { state_root: state_root.into(), helper: PathBuf::from("/proc/self/exe"), seal_helper: true }
+    }
+
+    /// Uses another berth binary for the hidden modes (tests pass `CARGO_BIN_EXE_berth`).
+    pub fn with_helper(mut self, helper: impl Into<PathBuf>) -> Self {
+        self.helper = helper.into();
+        self
+    }
+
+    /// Whether helpers run from a sealed memfd copy (default true; CVE-2019-5736).
+    pub fn with_sealed_helper(mut self, seal: bool) -> Self {
+        self.seal_helper = seal;
+        self
+    }
+
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    fn err_state(id: &str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let (id, path) = (id.to_string(), path.to_path_buf());
+        move |source| RuntimeError::State { id, path, source }
+    }
+
+    /// A command for berth's binary in hidden mode `mode`, with `report` on fd 3.
+    fn helper_command(&self, mode: &str, args: &[&str], report: &OwnedFd) -> std::io::Result<(Command, Option<std::sync::Arc<OwnedFd>>)> {
+        let (program, keep) = if self.seal_helper {
+            let fd = crate::sealed_exe::sealed_copy(&self.helper)?;
+            (PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())), Some(fd))
+        } else {
+            (self.helper.clone(), None)
+        };
+        let mut cmd = Command::new(program);
+        // argv[0] "berth" whatever the exec path (a memfd), so `ps` and leak checks see berth.
+        cmd.arg0("berth").arg(mode).args(args);
+        let fd = report.as_raw_fd();
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == crate::shim::REPORT_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, crate::shim::REPORT_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok((cmd, keep))
+    }
+
+    /// Creates and starts a container; returns once its command runs (or the error chain
+    /// from inside the new container). The container outlives this process.
+    pub fn run(&self, spec: &ContainerSpec) -> Result<Container> {
+        spec.validate()?;
+        let id = spec.id.as_str();
+        let _span = info_span!("container_run", container = id).entered();
+        let state = StateDir::new(&self.state_root, id);
+        std::fs::create_dir_all(&self.state_root).map_err(Self::err_state(id, &self.state_root))?;
+        match std::fs::create_dir(state.dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists { id: id.to_string() })
+            }
+            Err(e) => return Err(Self::err_state(id, state.dir())(e)),
+        }
+        let result = self.start_in(&state, spec);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(state.dir());
+        }
+        result
+    }
+
+    fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<Container> {
+        let id = spec.id.as_str();
+        StateDir::write_json(&state.spec(), spec).map_err(Self::err_state(id, &state.spec()))?;
+        if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
+            let prog = crate::seccomp::docker_default(spec.capabilities()?)
+                .map_err(|source| RuntimeError::Seccomp { id: id.to_string(), source })?;
+            std::fs::write(state.seccomp(), prog.to_bytes()).map_err(Self::err_state(id, &state.seccomp()))?;
+        }
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| RuntimeError::Spawn { id: id.to_string(), helper: self.helper.clone(), source: e.into() })?;
+        let spawn_err = |source| RuntimeError::Spawn { id: id.to_string(), helper: self.helper.clone(), source };
+        let root = self.state_root.to_string_lossy().into_owned();
+        let (mut cmd, _keep) = self.helper_command(crate::shim::MODE, &[&root, id], &w).map_err(spawn_err)?;
+        let shim_log = std::fs::File::create(state.shim_log()).map_err(Self::err_state(id, &state.shim_log()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(shim_log);
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        drop(w);
+        let report = protocol::receive::<ShimReport>(r);
+        // The first shim process exits right after forking the real one.
+        let _ = child.wait();
+        match report {
+            Ok(Some(ShimReport::Started { pid })) => {
+                debug!(pid, "container started");
+                let c = self.get(id)?;
+                if c.running.is_none() {
+                    // state.json is written right after the report; wait for it briefly.
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    loop {
+                        let c = self.get(id)?;
+                        if c.running.is_some() || Instant::now() > deadline {
+                            return Ok(c);
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                Ok(c)
+            }
+            Ok(Some(ShimReport::Failed { chain })) => Err(RuntimeError::Start { id: id.to_string(), chain }),
+            Ok(None) => Err(RuntimeError::Start {
+                id: id.to_string(),
+                chain: ErrorChain(vec![format!("the shim exited without a report (see {})", state.shim_log().display())]),
+            }),
+            Err(e) => Err(spawn_err(e)),
+        }
+    }
+
+    /// Re-attaches to container `id` from its state dir.
+    pub fn get(&self, id: &str) -> Result<Container> {
+        let id = ContainerId::new(id).map_err(RuntimeError::Spec)?;
+        let state = StateDir::new(&self.state_root, id.as_str());
+        let spec: ContainerSpec = StateDir::read_json(&state.spec())
+            .map_err(Self::err_state(id.as_str(), &state.spec()))?
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
+        let running = StateDir::read_json(&state.running()).map_err(Self::err_state(id.as_str(), &state.running()))?;
+        Ok(Container { runtime: self.clone(), state, spec, running })
+    }
+
+    /// Every container in the state dir, sorted by id.
+    pub fn list(&self) -> Result<Vec<Container>> {
+        let rd = match std::fs::read_dir(&self.state_root) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Self::err_state("*", &self.state_root)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(c) = self.get(&name) {
+                out.push(c);
+            }
+        }
+        out.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        Ok(out)
+    }
+
+    /// Kills whatever is left of container `id`, removes its cgroup, mounts and state.
+    /// Idempotent: deleting a container that is already gone succeeds.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let cid = ContainerId::new(id).map_err(RuntimeError::Spec)?;
+        let _span = info_span!("container_delete", container = id).entered();
+        let state = StateDir::new(&self.state_root, cid.as_str());
+        let mut errors = Vec::new();
+        let cg = cgroups::open(cid.as_str());
+        match &cg {
+            Ok(cg) => {
+                if let Err(e) = cg.kill_all() {
+                    errors.push(ErrorChain::from_error(&e).to_string());
+                }
+            }
+            Err(e) => errors.push(ErrorChain::from_error(e).to_string()),
+        }
+        // Let the shim record the exit and leave, so nothing holds the state dir.
+        if let Ok(Some(rec)) = StateDir::read_json::<RunningRecord>(&state.running()) {
+            if pid_alive(rec.shim_pid, rec.shim_start) && !wait_pid_exit(rec.shim_pid, Duration::from_secs(10)) {
+                let _ = kill(Pid::from_raw(rec.shim_pid), Signal::SIGKILL);
+                errors.push(format!("shim {} did not exit; killed", rec.shim_pid));
+            }
+        }
+        if let Ok(cg) = &cg {
+            if let Err(e) = cg.remove() {
+                errors.push(ErrorChain::from_error(&e).to_string());
+            }
+        }
+        // The rootfs is only mounted inside the container's mount namespace, but a bind of
+        // the state dir by someone else must not make us delete through it.
+        if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut under: Vec<PathBuf> = text
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .map(|m| PathBuf::from(cgroups::unescape_octal(m)))
+                .filter(|m| m.starts_with(state.dir()))
+                .collect();
+            under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for m in under {
+                if let Err(e) = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+                    errors.push(format!("cannot unmount {}: {e}", m.display()));
+                }
+            }
+        }
+        match std::fs::remove_dir_all(state.dir()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!("cannot remove {}: {e}", state.dir().display())),
+        }
+        debug!(errors = errors.len(), "container deleted");
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Delete { id: id.to_string(), errors })
+        }
+    }
+}
+
+/// Waits until `pid` exits (any process, via pidfd), up to `timeout`. True if it did.
+fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
+    // SAFETY: pidfd_open with integer arguments.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return true; // ESRCH: already gone
+    }
+    // SAFETY: new fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n > 0 {
+            return true;
+        }
+        if n == 0 || Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// A handle on one container, attached through its state dir.
+#[derive(Debug, Clone)]
+pub struct Container {
+    runtime: Runtime,
+    state: StateDir,
+    spec: ContainerSpec,
+    running: Option<RunningRecord>,
+}
+
+impl Container {
+    pub fn id(&self) -> &ContainerId {
+        &self.spec.id
+    }
+
+    pub fn spec(&self) -> &ContainerSpec {
+        &self.spec
+    }
+
+    /// Host pid of the container's PID 1 (once started).
+    pub fn pid(&self) -> Option<i32> {
+        self.running.as_ref().map(|r| r.pid)
+    }
+
+    /// Host pid of the shim.
+    pub fn shim_pid(&self) -> Option<i32> {
+        self.running.as_ref().map(|r| r.shim_pid)
+    }
+
+    /// A pidfd for PID 1 (poll it to learn of the exit without racing pid reuse).
+    pub fn pidfd(&self) -> Result<OwnedFd> {
+        let pid = self.live_pid()?;
+        // SAFETY: pidfd_open with integer arguments.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if raw < 0 {
+            return Err(self.not_running());
+        }
+        // SAFETY: new fd owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
+    }
+
+    /// The JSON-lines log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.spec.log.path.clone().unwrap_or_else(|| self.state.default_log())
+    }
+
+    /// The state dir (`<root>/<id>`).
+    pub fn state_dir(&self) -> &Path {
+        self.state.dir()
+    }
+
+    fn not_running(&self) -> RuntimeError {
+        RuntimeError::NotRunning { id: self.spec.id.to_string() }
+    }
+
+    fn cg_err(&self) -> impl FnOnce(CgroupError) -> RuntimeError + '_ {
+        move |source| RuntimeError::Cgroup { id: self.spec.id.to_string(), source }
+    }
+
+    fn live_pid(&self) -> Result<i32> {
+        match &self.running {
+            Some(r) if pid_alive(r.pid, r.pid_start) => Ok(r.pid),
+            _ => Err(self.not_running()),
+        }
+    }
+
+    fn exit_record(&self) -> Result<Option<ExitRecord>> {
+        StateDir::read_json(&self.state.exit()).map_err(Runtime::err_state(self.spec.id.as_str(), &self.state.exit()))
+    }
+
+    /// The current status, read from disk and /proc.
+    pub fn status(&self) -> Result<Status> {
+        if let Some(e) = self.exit_record()? {
+            return Ok(Status::Exited(e));
+        }
+        let Some(r) = &self.running else { return Ok(Status::Created) };
+        if !pid_alive(r.pid, r.pid_start) {
+            // The shim may be writing exit.json right now.
+            if pid_alive(r.shim_pid, r.shim_start) {
+                return Ok(Status::Running);
+            }
+            return Ok(match self.exit_record()? {
+                Some(e) => Status::Exited(e),
+                None => Status::Dead,
+            });
+        }
+        let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;
+        if cg.is_frozen().map_err(self.cg_err())? {
+            return Ok(Status::Paused);
+        }
+        Ok(Status::Running)
+    }
+
+    /// Sends `signal` to PID 1.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self.live_pid()?;
+        debug!(container = %self.spec.id, pid, %signal, "signal");
+        kill(Pid::from_raw(pid), signal).map_err(|source| RuntimeError::Signal {
+            id: self.spec.id.to_string(),
+            signal,
+            source,
+        })
+    }
+
+    /// SIGKILLs every process of the container (through its cgroup).
+    pub fn kill_all(&self) -> Result<()> {
+        let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;
+        cg.kill_all().map_err(self.cg_err())
+    }
+
+    /// Stops like `docker stop`: the stop signal, up to `timeout` of grace, then SIGKILL to
+    /// everything in the cgroup; returns the exit record. When the stop signal is SIGTERM or
+    /// SIGINT and PID 1 neither catches nor blocks it, the kernel drops it (a pid-namespace
+    /// init gets no default actions, `pid_namespaces(7)`), so the grace period is skipped.
+    pub fn stop(&self, timeout: Duration) -> Result<ExitRecord> {
+        let _span = info_span!("container_stop", container = %self.spec.id).entered();
+        if let Some(e) = self.exit_record()? {
+            return Ok(e);
+        }
+        if let Ok(pid) = self.live_pid() {
+            let sig = self.spec.stop_signal()?;
+            let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;
+            // A frozen container cannot handle the signal; thaw first, as Docker does.
+            if cg.is_frozen().unwrap_or(false) {
+                cg.thaw().map_err(self.cg_err())?;
+            }
+            let droppable = matches!(sig, Signal::SIGTERM | Signal::SIGINT);
+            if droppable && !handles_signal(pid, sig) {
+                debug!(pid, signal = %sig, "PID 1 has no handler for the stop signal: killing without grace");
+                cg.kill_all().map_err(self.cg_err())?;
+            } else {
+                let _ = kill(Pid::from_raw(pid), sig);
+                if self.wait(Some(timeout)).is_err() {
+                    debug!(pid, "grace period over: killing");
+                    cg.kill_all().map_err(self.cg_err())?;
+                }
+            }
+        }
+        self.wait(Some(Duration::from_secs(10)))
+    }
+
+    /// Freezes every process (cgroup freezer).
+    pub fn pause(&self) -> Result<()> {
+        self.live_pid()?;
+        let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;
+        cg.freeze().map_err(self.cg_err())
+    }
+
+    pub fn unpause(&self) -> Result<()> {
+        self.live_pid()?;
+        let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;
+        cg.thaw().map_err(self.cg_err())
+    }
+
+    /// Memory, CPU and pids usage.
+    pub fn stats(&self) -> Result<Stats> {
+        let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;
+        cg.stats().map_err(self.cg_err())
+    }
+
+    /// Waits for PID 1 to exit and its shim to record it; `None` waits forever.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<ExitRecord> {
+        if let Some(e) = self.exit_record()? {
+            return Ok(e);
+        }
+        let Some(r) = &self.running else { return Err(self.not_running()) };
+        if pid_alive(r.shim_pid, r.shim_start) {
+            let t = timeout.unwrap_or(Duration::from_secs(u32::MAX as u64));
+            if !wait_pid_exit(r.shim_pid, t) {
+                return Err(RuntimeError::Timeout { id: self.spec.id.to_string() });
+            }
+        }
+        self.exit_record()?.ok_or_else(|| RuntimeError::ShimGone { id: self.spec.id.to_string() })
+    }
+
+    /// Runs a process inside the running container and captures its output.
+    pub fn exec(&self, exec: &ExecSpec) -> Result<ExecOutput> {
+        let id = self.spec.id.as_str();
+        self.live_pid()?;
+        if matches!(self.status()?, Status::Paused) {
+            return Err(RuntimeError::Paused { id: id.to_string() });
+        }
+        let rt = &self.runtime;
+        let spawn_err = |source| RuntimeError::Spawn { id: id.to_string(), helper: rt.helper.clone(), source };
+        let json = serde_json::to_string(exec).map_err(|e| spawn_err(std::io::Error::other(e)))?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
+        let root = rt.state_root.to_string_lossy().into_owned();
+        let (mut cmd, _keep) = rt.helper_command(crate::exec::MODE, &[&root, id, &json], &w).map_err(spawn_err)?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().map_err(spawn_err)?;
+        drop(w);
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if let Ok(Some(chain)) = protocol::receive::<ErrorChain>(r) {
+            return Err(RuntimeError::Exec { id: id.to_string(), chain });
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+        Ok(ExecOutput { code, stdout: out.stdout, stderr: out.stderr })
+    }
+
+    /// Removes the container (see [`Runtime::delete`]).
+    pub fn delete(self) -> Result<()> {
+        self.runtime.delete(self.spec.id.as_str())
+    }
+}
+
+/// Whether `pid` catches or blocks `sig` (SigCgt / SigBlk in /proc/PID/status).
+pub(crate) fn handles_signal(pid: i32, sig: Signal) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let bit = 1u64 << (sig as i32 - 1);
+    let mask = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    (mask("SigCgt:") | mask("SigBlk:")) & bit != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_own_signal_handling() {
+        // The test harness does not catch SIGINT... but Rust's runtime ignores SIGPIPE
+        // (ignored is neither caught nor blocked).
+        let me = std::process::id() as i32;
+        assert!(!handles_signal(me, Signal::SIGPIPE));
+        assert!(handles_signal(-1, Signal::SIGTERM), "unknown pid: assume handled");
+    }
+}

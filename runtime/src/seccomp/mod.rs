@@ -1,0 +1,339 @@
+//! Seccomp: Docker's default profile compiled to BPF once, cached, and loaded in the child.
+//!
+//! Takes the container's [`CapSet`] (the profile has capability-gated groups, as in Docker),
+//! gives a [`SeccompProgram`]: one or two classic-BPF filters compiled with `seccompiler`
+//! (pure Rust, ~0.1 ms; libseccomp takes ~16 ms per container, see
+//! `shared/notes/runtime-eval.md`). The caller compiles (cached per capability set for the life
+//! of the process) and writes the bytes to the state dir; the shim, init and exec helpers only
+//! read and load them. Neighbours: `capabilities` (the set), `init` / `exec` (loading).
+//!
+//! `seccompiler` has one match action per filter, while Docker answers `clone3` with ENOSYS (so
+//! libcs fall back to `clone`, whose flags a filter can read) and everything unlisted with
+//! EPERM. So the program is two filters: the allowlist (which allows `clone3`) and a one-rule
+//! filter returning ENOSYS for `clone3`. The kernel runs every installed filter and keeps the
+//! action with the highest precedence (ERRNO beats ALLOW; `seccomp(2)`), which gives Docker's
+//! behaviour. Only x86_64 is built: Docker also allows the i386 and x32 ABIs, which here fall
+//! into the default EPERM (arch mismatch kills the process, as seccompiler builds it).
+
+mod docker_profile;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use seccompiler::{
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+use tracing::debug;
+
+use crate::capabilities::{CapSet, Capability};
+
+/// Errors from building or loading a seccomp program.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the seccomp filter")]
+    Build(#[source] seccompiler::BackendError),
+    #[error("seccomp is only built for x86_64, not {arch}")]
+    UnsupportedArch { arch: &'static str },
+    #[error("malformed seccomp program: {reason}")]
+    Malformed { reason: &'static str },
+    #[error("cannot load the seccomp filter")]
+    Load(#[source] std::io::Error),
+}
+
+/// A compiled seccomp program: filters in installation order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeccompProgram {
+    filters: Vec<BpfProgram>,
+}
+
+fn cache() -> &'static Mutex<HashMap<u64, Arc<SeccompProgram>>> {
+    static CACHE: OnceLock<Mutex<HashMap<u64, Arc<SeccompProgram>>>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// Docker's default profile for a container holding `caps`, compiled once per capability set
+/// in this process.
+pub fn docker_default(caps: CapSet) -> Result<Arc<SeccompProgram>, SeccompError> {
+    if std::env::consts::ARCH != "x86_64" {
+        return Err(SeccompError::UnsupportedArch {
+            arch: std::env::consts::ARCH,
+        });
+    }
+    let mut guard = cache().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = guard.get(&caps.0) {
+        return Ok(p.clone());
+    }
+    let started = std::time::Instant::now();
+    let prog = Arc::new(compile(caps)?);
+    debug!(elapsed_us = started.elapsed().as_micros() as u64, caps = format_args!("{:016x}", caps.0), "seccomp profile compiled");
+    guard.insert(caps.0, prog.clone());
+    Ok(prog)
+}
+
+fn cond(index: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    // Only fails for argument indexes above 5; all indexes here are literals 0.
+    SeccompCondition::new(index, len, op, value).expect("valid literal seccomp condition")
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conds).expect("non-empty literal seccomp rule")
+}
+
+/// The allowlist as `seccompiler` rules: syscall number → alternatives (empty = always).
+pub(crate) fn allow_rules(caps: CapSet) -> BTreeMap<i64, Vec<SeccompRule>> {
+    use docker_profile::*;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (_, nr) in ALLOW {
+        rules.insert(*nr, Vec::new());
+    }
+    rules.insert(
+        SOCKET.1,
+        vec![
+            rule(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Lt, 38)]),
+            rule(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 39)]),
+            rule(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Gt, 40)]),
+        ],
+    );
+    rules.insert(
+        PERSONALITY.1,
+        PERSONALITY_VALUES
+            .iter()
+            .map(|v| rule(vec![cond(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *v)]))
+            .collect(),
+    );
+    for (cap, group) in CAP_GATED {
+        if caps.contains(*cap) {
+            for (_, nr) in group.iter() {
+                rules.insert(*nr, Vec::new());
+            }
+        }
+    }
+    if !caps.contains(Capability::SysAdmin) {
+        rules.insert(
+            CLONE.1,
+            vec![rule(vec![cond(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(CLONE_NS_MASK),
+                0,
+            )])],
+        );
+        // Allowed here, answered with ENOSYS by the second filter.
+        rules.insert(CLONE3.1, Vec::new());
+    }
+    rules
+}
+
+/// Names of the unconditionally allowed syscalls for `caps` (used by the profile test).
+#[cfg(test)]
+fn allowed_names(caps: CapSet) -> std::collections::BTreeSet<&'static str> {
+    use docker_profile::*;
+    let mut names: std::collections::BTreeSet<&str> = ALLOW.iter().map(|(n, _)| *n).collect();
+    for (cap, group) in CAP_GATED {
+        if caps.contains(*cap) {
+            names.extend(group.iter().map(|(n, _)| *n));
+        }
+    }
+    names
+}
+
+fn compile(caps: CapSet) -> Result<SeccompProgram, SeccompError> {
+    let arch = TargetArch::x86_64;
+    let allow = SeccompFilter::new(
+        allow_rules(caps),
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(SeccompError::Build)?;
+    let mut filters = vec![BpfProgram::try_from(allow).map_err(SeccompError::Build)?];
+    if !caps.contains(Capability::SysAdmin) {
+        let clone3 = SeccompFilter::new(
+            BTreeMap::from([(docker_profile::CLONE3.1, Vec::new())]),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            arch,
+        )
+        .map_err(SeccompError::Build)?;
+        filters.push(BpfProgram::try_from(clone3).map_err(SeccompError::Build)?);
+    }
+    Ok(SeccompProgram { filters })
+}
+
+impl SeccompProgram {
+    /// Serialises to bytes for the state dir: per filter a u32 instruction count, then
+    /// 8-byte `sock_filter`s, native endian (read back on the same host only).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in &self.filters {
+            out.extend_from_slice(&(f.len() as u32).to_ne_bytes());
+            for i in f {
+                out.extend_from_slice(&i.code.to_ne_bytes());
+                out.push(i.jt);
+                out.push(i.jf);
+                out.extend_from_slice(&i.k.to_ne_bytes());
+            }
+        }
+        out
+    }
+
+    /// Parses [`to_bytes`](Self::to_bytes) output.
+    pub fn from_bytes(mut b: &[u8]) -> Result<Self, SeccompError> {
+        let mut filters = Vec::new();
+        while !b.is_empty() {
+            if b.len() < 4 {
+                return Err(SeccompError::Malformed { reason: "truncated length" });
+            }
+            let n = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            b = &b[4..];
+            if n == 0 || n > u16::MAX as usize || b.len() < n * 8 {
+                return Err(SeccompError::Malformed { reason: "bad instruction count" });
+            }
+            let f = b[..n * 8]
+                .chunks_exact(8)
+                .map(|c| sock_filter {
+                    code: u16::from_ne_bytes([c[0], c[1]]),
+                    jt: c[2],
+                    jf: c[3],
+                    k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+                })
+                .collect();
+            filters.push(f);
+            b = &b[n * 8..];
+        }
+        Ok(Self { filters })
+    }
+
+    /// Installs the filters on the calling (single-threaded) process. Unlike
+    /// `seccompiler::apply_filter` this does not set no_new_privs: Docker leaves it off, so the
+    /// caller must still hold CAP_SYS_ADMIN here unless it set NNP itself (`seccomp(2)`).
+    pub(crate) fn load(&self) -> Result<(), SeccompError> {
+        for f in &self.filters {
+            let prog = libc::sock_fprog {
+                len: f.len() as u16,
+                filter: f.as_ptr() as *mut libc::sock_filter,
+            };
+            // SAFETY: the kernel copies the program; `prog` points into `f`, alive here.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &prog as *const libc::sock_fprog,
+                )
+            };
+            if rc != 0 {
+                return Err(SeccompError::Load(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn compiles_and_round_trips() {
+        let p = docker_default(CapSet::docker_default()).unwrap();
+        assert_eq!(p.filters.len(), 2);
+        assert_eq!(SeccompProgram::from_bytes(&p.to_bytes()).unwrap(), *p);
+        let p = docker_default(CapSet::all()).unwrap();
+        assert_eq!(p.filters.len(), 1, "CAP_SYS_ADMIN allows clone3");
+    }
+
+    #[test]
+    fn numbers_are_unique_per_name() {
+        let mut seen = HashMap::new();
+        for (n, nr) in docker_profile::ALLOW {
+            assert_eq!(*seen.entry(*nr).or_insert(*n), *n, "number {nr} twice");
+        }
+    }
+
+    /// The allowlist for `caps` computed from moby's JSON, for amd64: rules with the ALLOW action
+    /// and no argument filter whose `includes` hold and whose `excludes` do not.
+    fn json_allowed(json: &serde_json::Value, caps: CapSet) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let holds = |cond: &serde_json::Value| -> bool {
+            let arch_ok = cond["arches"]
+                .as_array()
+                .map(|a| a.iter().any(|x| x == "amd64"))
+                .unwrap_or(true);
+            let caps_ok = cond["caps"]
+                .as_array()
+                .map(|a| {
+                    a.iter().all(|c| {
+                        c.as_str()
+                            .and_then(|c| c.parse::<Capability>().ok())
+                            .is_some_and(|c| caps.contains(c))
+                    })
+                })
+                .unwrap_or(true);
+            arch_ok && caps_ok
+        };
+        for r in json["syscalls"].as_array().unwrap() {
+            let has_excl = r["excludes"].as_object().is_some_and(|o| !o.is_empty());
+            let excluded = has_excl && {
+                // An exclude matches when every listed condition kind matches.
+                let e = &r["excludes"];
+                let arch_hit = e["arches"].as_array().map(|a| a.iter().any(|x| x == "amd64"));
+                let caps_hit = e["caps"].as_array().map(|a| {
+                    a.iter().any(|c| {
+                        c.as_str()
+                            .and_then(|c| c.parse::<Capability>().ok())
+                            .is_some_and(|c| caps.contains(c))
+                    })
+                });
+                arch_hit.unwrap_or(false) || caps_hit.unwrap_or(false)
+            };
+            if r["action"] != "SCMP_ACT_ALLOW"
+                || r["args"].as_array().is_some_and(|a| !a.is_empty())
+                || excluded
+                || !holds(&r["includes"])
+            {
+                continue;
+            }
+            for n in r["names"].as_array().unwrap() {
+                out.insert(n.as_str().unwrap().to_string());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn profile_matches_moby_json_for_x86_64() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/seccomp/docker-default.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("SKIP: {} not present", path.display());
+            return;
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(json["defaultErrnoRet"], 1);
+        let not_x86: BTreeSet<&str> = docker_profile::NOT_ON_X86_64.iter().copied().collect();
+        let all_known: BTreeSet<&str> = allowed_names(CapSet::all())
+            .into_iter()
+            .chain([docker_profile::SOCKET.0, docker_profile::PERSONALITY.0])
+            .collect();
+        // Every name in the JSON is either in our x86_64 tables or known not to exist there.
+        for r in json["syscalls"].as_array().unwrap() {
+            for n in r["names"].as_array().unwrap() {
+                let n = n.as_str().unwrap();
+                assert!(all_known.contains(n) || not_x86.contains(n), "{n} unaccounted for");
+            }
+        }
+        for caps in [CapSet::docker_default(), CapSet::all(), CapSet::default()] {
+            let want: BTreeSet<String> = json_allowed(&json, caps)
+                .into_iter()
+                .filter(|n| !not_x86.contains(n.as_str()))
+                .collect();
+            let got: BTreeSet<String> =
+                allowed_names(caps).into_iter().map(String::from).collect();
+            assert_eq!(got, want, "allowlist differs for caps {:016x}", caps.0);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The per-container shim: berth's own binary in a hidden, single-threaded mode, the parent of
+//! the container for its whole life.
+//!
+//! Takes `<state root> <id>` on argv and a report pipe on fd 3 from `Runtime::run`, gives a
+//! running container: it detaches (setsid + a second fork, so the caller can reap the first
+//! process at once and the shim survives the caller's death), becomes a child subreaper,
+//! creates the cgroup, forks the container init into a new pid namespace (unshare(NEWPID)
+//! before fork makes the child PID 1), places it in the cgroup, waits for its exec, reports
+//! the pid or the error chain on fd 3, then copies stdout/stderr into the JSON-lines log,
+//! reaps PID 1 and writes `exit.json` with OOM detection. Neighbours: `init` (child side),
+//! `state` (files), `log` (format), `cgroups`.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use tracing::{debug, warn};
+
+use crate::cgroups::{self, CgroupManager};
+use crate::init::{self, InitContext};
+use crate::log::{LogWriter, Stream};
+use crate::protocol::{self, ErrorChain, ShimReport};
+use crate::seccomp::SeccompProgram;
+use crate::spec::{ContainerSpec, Rootfs, Seccomp};
+use crate::state::{now_rfc3339, pid_start_time, ExitRecord, RunningRecord, StateDir};
+
+/// The argv[1] that selects this mode.
+pub(crate) const MODE: &str = "__berth-runtime-shim";
+/// The fd on which the caller waits for the [`ShimReport`].
+pub(crate) const REPORT_FD: i32 = 3;
+
+/// Shim entry point; returns the process exit code.
+pub(crate) fn main(args: &[String]) -> u8 {
+    let (Some(root), Some(id)) = (args.first(), args.get(1)) else {
+        eprintln!("berth shim: usage: {MODE} <state-root> <id>");
+        return 2;
+    };
+    // SAFETY: the caller dup'ed the report pipe to fd 3 for us; nothing else owns it.
+    let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    let _ = nix::unistd::setsid();
+    // SAFETY: single-threaded (hidden modes run before any thread exists).
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => return 0,
+        Ok(ForkResult::Child) => {}
+        Err(e) => {
+            let chain = ErrorChain(vec!["cannot fork the shim".into(), e.to_string()]);
+            let _ = protocol::send(report, &ShimReport::Failed { chain });
+            return 1;
+        }
+    }
+    // SAFETY: prctl with integer arguments only. Orphans of exec'd processes come to us.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let state = StateDir::new(Path::new(root), id);
+    match start(&state) {
+        Ok(running) => {
+            let pid = running.pid;
+            if protocol::send(report, &ShimReport::Started { pid }).is_err() {
+                warn!(id, "caller went away before the start report");
+            }
+            supervise(&state, running);
+            0
+        }
+        Err(chain) => {
+            let chain = chain.context(format!("start container {id}"));
+            eprintln!("berth shim: {chain}");
+            let _ = protocol::send(report, &ShimReport::Failed { chain });
+            1
+        }
+    }
+}
+
+/// What the shim keeps after a successful start.
+struct Running {
+    pid: i32,
+    cgroup: Box<dyn CgroupManager>,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    log: LogWriter,
+}
+
+fn chain_of(context: &str, e: &(dyn std::error::Error + 'static)) -> ErrorChain {
+    ErrorChain::from_error(e).context(context)
+}
+
+fn start(state: &StateDir) -> Result<Running, ErrorChain> {
+    let spec: ContainerSpec = StateDir::read_json(&state.spec())
+        .map_err(|e| chain_of("cannot read spec.json", &e))?
+        .ok_or_else(|| ErrorChain(vec!["spec.json is missing".into()]))?;
+    let caps = spec.capabilities().map_err(|e| chain_of("invalid spec", &e))?;
+    let seccomp = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
+        let bytes = std::fs::read(state.seccomp()).map_err(|e| chain_of("cannot read seccomp.bpf", &e))?;
+        Some(SeccompProgram::from_bytes(&bytes).map_err(|e| chain_of("invalid seccomp.bpf", &e))?)
+    } else {
+        None
+    };
+    let log_path = spec.log.path.clone().unwrap_or_else(|| state.default_log());
+    let log = LogWriter::open(&log_path, spec.log.max_size, spec.log.max_files.unwrap_or(1))
+        .map_err(|e| chain_of(&format!("cannot open log file {}", log_path.display()), &e))?;
+    if matches!(spec.rootfs, Rootfs::Overlay { .. }) {
+        std::fs::create_dir_all(state.rootfs()).map_err(|e| chain_of("cannot create the rootfs mountpoint", &e))?;
+    }
+
+    let cgroup = cgroups::open(spec.id.as_str()).map_err(|e| chain_of("cannot open cgroup", &e))?;
+    if let Err(e) = cgroup.create(&spec.limits, spec.privileged) {
+        let _ = cgroup.remove();
+        return Err(chain_of("cannot create cgroup", &e));
+    }
+    match spawn_init(&spec, state, cgroup.as_ref(), caps, seccomp.as_ref()) {
+        Ok((pid, stdout, stderr)) => Ok(Running { pid, cgroup, stdout, stderr, log }),
+        Err(e) => {
+            let _ = cgroup.kill_all();
+            let _ = cgroup.remove();
+            Err(e)
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ErrorChain> {
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| chain_of("cannot create a pipe", &e))
+}
+
+fn spawn_init(
+    spec: &ContainerSpec,
+    state: &StateDir,
+    cgroup: &dyn CgroupManager,
+    caps: crate::capabilities::CapSet,
+    seccomp: Option<&SeccompProgram>,
+) -> Result<(i32, OwnedFd, OwnedFd), ErrorChain> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let (fail_r, fail_w) = pipe()?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| chain_of("cannot open /dev/null", &e))?;
+    // The next child is PID 1 of a new pid namespace; the shim itself stays outside.
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| chain_of("cannot unshare the pid namespace", &e))?;
+    // SAFETY: the shim is single-threaded.
+    let child = match unsafe { fork() }.map_err(|e| chain_of("cannot fork the container init", &e))? {
+        ForkResult::Child => {
+            drop((out_r, err_r, go_w, fail_r));
+            let _ = nix::unistd::dup2_stdin(devnull.as_fd());
+            let _ = nix::unistd::dup2_stdout(out_w.as_fd());
+            let _ = nix::unistd::dup2_stderr(err_w.as_fd());
+            drop((out_w, err_w, devnull));
+            let ctx = InitContext {
+                spec,
+                rootfs_mountpoint: state.rootfs(),
+                view: cgroup.view(),
+                cgroupns: cgroup.wants_cgroupns(),
+                seccomp,
+                caps,
+                go: go_r,
+            };
+            let Err(e) = init::run(ctx);
+            init::fail(fail_w, &e);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop((out_w, err_w, go_r, fail_w, devnull));
+    let abort = |chain: ErrorChain| {
+        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        chain
+    };
+    debug!(pid = child.as_raw(), "container init forked");
+    if let Err(e) = cgroup.add_process(child.as_raw()) {
+        return Err(abort(chain_of("cannot place the init in its cgroup", &e)));
+    }
+    let mut go = std::fs::File::from(go_w);
+    if let Err(e) = std::io::Write::write_all(&mut go, b"g") {
+        return Err(abort(chain_of("cannot release the init", &e)));
+    }
+    drop(go);
+    match protocol::receive::<ErrorChain>(fail_r) {
+        Ok(None) => Ok((child.as_raw(), out_r, err_r)),
+        Ok(Some(chain)) => Err(abort(chain.context("container init"))),
+        Err(e) => Err(abort(chain_of("cannot read the init's report", &e))),
+    }
+}
+
+fn supervise(state: &StateDir, mut r: Running) {
+    let shim_pid = std::process::id() as i32;
+    let record = RunningRecord {
+        pid: r.pid,
+        pid_start: pid_start_time(r.pid).unwrap_or(0),
+        shim_pid,
+        shim_start: pid_start_time(shim_pid).unwrap_or(0),
+        started_at: now_rfc3339(),
+    };
+    if let Err(e) = StateDir::write_json(&state.running(), &record) {
+        warn!(error = %e, "cannot write state.json");
+    }
+    pump_logs(&mut r);
+    let status = loop {
+        match waitpid(Pid::from_raw(r.pid), None) {
+            Ok(s @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => break s,
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                warn!(error = %e, "waitpid on the container init failed");
+                break WaitStatus::Exited(Pid::from_raw(r.pid), 255);
+            }
+        }
+    };
+    // Reap anything else re-parented to us (we are a subreaper).
+    while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {}
+    let oom_killed = r.cgroup.oom_killed().unwrap_or(false);
+    let (code, signal) = match status {
+        WaitStatus::Exited(_, c) => (c, None),
+        WaitStatus::Signaled(_, s, _) => (128 + s as i32, Some(s as i32)),
+        _ => (255, None),
+    };
+    let exit = ExitRecord { code, signal, oom_killed, finished_at: now_rfc3339() };
+    debug!(?exit, "container exited");
+    if let Err(e) = StateDir::write_json(&state.exit(), &exit) {
+        eprintln!("berth shim: cannot write exit.json: {e}");
+    }
+}
+
+/// Copies both pipes into the log until both reach EOF (when every process holding them,
+/// i.e. the whole pid namespace, is gone).
+fn pump_logs(r: &mut Running) {
+    let mut open = [true, true];
+    let mut buf = vec![0u8; 64 * 1024];
+    let fds = [r.stdout.as_raw_fd(), r.stderr.as_raw_fd()];
+    while open.iter().any(|o| *o) {
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .zip(open)
+            .map(|(fd, o)| libc::pollfd { fd: if o { *fd } else { -1 }, events: libc::POLLIN, revents: 0 })
+            .collect();
+        // SAFETY: valid array of pollfd.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            if nix::Error::last() == nix::Error::EINTR {
+                continue;
+            }
+            break;
+        }
+        for (i, p) in pfds.iter().enumerate() {
+            if !open[i] || p.revents == 0 {
+                continue;
+            }
+            let stream = if i == 0 { Stream::Stdout } else { Stream::Stderr };
+            let fd = if i == 0 { &r.stdout } else { &r.stderr };
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) | Err(_) => {
+                    open[i] = false;
+                    let _ = r.log.flush_stream(stream);
+                }
+                Ok(n) => {
+                    if let Err(e) = r.log.push(stream, &buf[..n]) {
+                        warn!(error = %e, "cannot write the container log");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The on-disk state of one container: the only place that knows file names under
+//! `<state dir>/<id>/`.
+//!
+//! Takes a state dir and an id, gives paths and typed records: the spec (`spec.json`, written
+//! by the caller), the compiled seccomp program (`seccomp.bpf`), the running record
+//! (`state.json`, written by the shim once the init runs), and the exit record (`exit.json`,
+//! written by the shim after reaping). Writes are atomic (temp file + rename), so any process
+//! can re-attach at any time. Neighbours: `container` (reads), `shim` (writes).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Written by the shim when the container's init runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningRecord {
+    /// Host pid of the container's PID 1.
+    pub pid: i32,
+    /// Its start time (field 22 of /proc/PID/stat), to detect pid reuse.
+    pub pid_start: u64,
+    pub shim_pid: i32,
+    pub shim_start: u64,
+    /// RFC 3339.
+    pub started_at: String,
+}
+
+/// Written by the shim when PID 1 exits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Docker's convention: the exit code, or 128 + signal; 137 when OOM-killed.
+    pub code: i32,
+    /// The signal that killed PID 1, if any.
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub finished_at: String,
+}
+
+/// Paths of one container's state.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(root: &Path, id: &str) -> Self {
+        Self { dir: root.join(id) }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn spec(&self) -> PathBuf {
+        self.dir.join("spec.json")
+    }
+    pub fn seccomp(&self) -> PathBuf {
+        self.dir.join("seccomp.bpf")
+    }
+    pub fn running(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn exit(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    /// The overlay mountpoint (only ever mounted inside the container's mount namespace).
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub fn default_log(&self) -> PathBuf {
+        self.dir.join("container.log")
+    }
+    /// The shim's own stderr (its tracing output and panics).
+    pub fn shim_log(&self) -> PathBuf {
+        self.dir.join("shim.log")
+    }
+
+    pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Atomic write: temp file in the same dir, fsync-free rename.
+    pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot, `None` if it does not exist.
+pub fn pid_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether `pid` is alive and is the process that started at `start` (not a zombie).
+pub fn pid_alive(pid: i32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Some(close) = stat.rfind(')') else { return false };
+    let rest = &stat[close + 2..];
+    let state = rest.split(' ').next().unwrap_or("");
+    state != "Z" && state != "X" && pid_start_time(pid) == Some(start)
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_readable() {
+        let me = std::process::id() as i32;
+        let t = pid_start_time(me).unwrap();
+        assert!(pid_alive(me, t));
+        assert!(!pid_alive(me, t + 1));
+    }
+
+    #[test]
+    fn json_round_trip_is_atomic() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("exit.json");
+        let rec = ExitRecord { code: 137, signal: Some(9), oom_killed: true, finished_at: now_rfc3339() };
+        StateDir::write_json(&p, &rec).unwrap();
+        assert_eq!(StateDir::read_json::<ExitRecord>(&p).unwrap(), Some(rec));
+        assert!(!p.with_extension("tmp").exists());
+        assert_eq!(StateDir::read_json::<ExitRecord>(&d.path().join("none")).unwrap(), None);
+    }
+}

@@ -1,0 +1,1150 @@
+//! The compose lifecycle on one state root: `up` (observe → reconcile → execute), `down`,
+//! `stop`, and the views `ps` and `logs` read from state.
+//!
+//! Takes a loaded `Project` (or just a project name, for commands that work from state);
+//! gives running containers and an up-to-date `state::ProjectRecord`. Decisions come from
+//! `plan::reconcile`; this module carries out each operation: images from `image`, links,
+//! ports and netns pins from `network`, volumes from `volume`, containers from
+//! `berth_runtime` (on blocking threads: the runtime is synchronous), DNS names through the
+//! project's supervisor. Teardown goes on after errors and reports all of them.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::Mutex;
+use tracing::{debug, info};
+
+use super::spec::{self, labels, Placement};
+use super::supervisor;
+use crate::image::store::{Image, Store as ImageStore};
+use crate::network::{self, NetworkManager, NetworkSpec, PortBinding, PortRange, Protocol};
+use crate::plan::{self, Condition, Desired, Observed, Op, Plan, UpOptions};
+use crate::project::model::{MountType, Project, Service};
+use crate::state::{self, AttachmentRecord, ContainerRecord, NetworkRecord, ProjectRecord, Root};
+use crate::volume::VolumeStore;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Engine errors: what failed, and why (the cause chain is kept).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{} operation(s) failed:\n  {}", .0.len(), .0.join("\n  "))]
+    Many(Vec<String>),
+}
+
+fn failed<E: Into<BoxError>>(what: impl Into<String>) -> impl FnOnce(E) -> EngineError {
+    let what = what.into();
+    move |e| EngineError::Failed {
+        what,
+        source: e.into(),
+    }
+}
+
+/// Render an error with its cause chain on one line.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Progress events for the CLI to render.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started { what: String },
+    Done { what: String, elapsed: Duration },
+}
+
+/// One row of `ps`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PsRow {
+    pub name: String,
+    pub service: String,
+    pub number: u32,
+    pub image: String,
+    pub command: String,
+    pub state: String,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub ports: Vec<String>,
+}
+
+/// Everything the lifecycle needs, opened on one state root.
+pub struct Engine {
+    pub root: Root,
+    pub runtime: berth_runtime::Runtime,
+    pub images: Arc<ImageStore>,
+    pub networks: Arc<NetworkManager>,
+    pub volumes: VolumeStore,
+    /// The berth binary (started as supervisor; the runtime's helper too).
+    pub exe: PathBuf,
+}
+
+impl Engine {
+    /// Open the stores under `root`. `exe` is the berth binary (`/proc/self/exe` normally).
+    pub fn open(root: &Path, exe: PathBuf) -> Result<Engine, EngineError> {
+        let root = Root::new(root);
+        let images = ImageStore::open(root.path()).map_err(failed("opening the image store"))?;
+        let networks = NetworkManager::new(root.path()).map_err(failed("opening network state"))?;
+        Ok(Engine {
+            runtime: berth_runtime::Runtime::new(root.containers_dir()).with_helper(exe.clone()),
+            volumes: VolumeStore::new(root.volumes_dir()),
+            images: Arc::new(images),
+            networks: Arc::new(networks),
+            root,
+            exe,
+        })
+    }
+
+    fn rw_dir(&self, container: &str) -> PathBuf {
+        self.root.path().join("rw").join(container)
+    }
+
+    /// Containers of `project` known to the runtime.
+    async fn project_containers(
+        &self,
+        project: &str,
+    ) -> Result<Vec<berth_runtime::Container>, EngineError> {
+        let rt = self.runtime.clone();
+        let all = tokio::task::spawn_blocking(move || rt.list())
+            .await
+            .map_err(failed("listing containers"))?
+            .map_err(failed("listing containers"))?;
+        Ok(all
+            .into_iter()
+            .filter(|c| c.spec().labels.get(labels::PROJECT).map(String::as_str) == Some(project))
+            .collect())
+    }
+
+    async fn observe(&self, project: &str) -> Result<Vec<Observed>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.project_containers(project).await? {
+            let l = &c.spec().labels;
+            let running = matches!(
+                c.status(),
+                Ok(berth_runtime::Status::Running | berth_runtime::Status::Created | berth_runtime::Status::Paused)
+            );
+            out.push(Observed {
+                id: c.id().to_string(),
+                service: l.get(labels::SERVICE).cloned().unwrap_or_default(),
+                number: l
+                    .get(labels::NUMBER)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1),
+                config_hash: l.get(labels::CONFIG_HASH).cloned().unwrap_or_default(),
+                running,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Compute the plan of an `up` (what `--dry-run` prints).
+    pub async fn plan_up(
+        &self,
+        project: &Project,
+        opts: &UpOptions,
+        selected: &[String],
+        no_deps: bool,
+    ) -> Result<Plan, EngineError> {
+        let chosen = select_services(project, selected, no_deps)?;
+        let desired: Vec<Desired> = project
+            .services
+            .values()
+            .filter(|s| chosen.contains(&s.name))
+            .map(|s| desired_of(s, &chosen))
+            .collect();
+        let observed: Vec<Observed> = self
+            .observe(project.name.as_str())
+            .await?
+            .into_iter()
+            // Containers of project services that were not selected are left alone.
+            .filter(|o| {
+                chosen.contains(&o.service)
+                    || !project.services.values().any(|s| s.name == o.service)
+            })
+            .collect();
+        plan::reconcile(project.name.as_str(), &desired, &observed, opts)
+            .map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    /// `up`: converge the project, then wait for what the plan waits for.
+    pub async fn up(
+        self: &Arc<Self>,
+        project: Arc<Project>,
+        plan: Plan,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+    ) -> Result<(), EngineError> {
+        let name = project.name.as_str().to_string();
+        let record = state::read_json::<ProjectRecord>(&self.root.project_state(&name))
+            .map_err(failed("reading the project record"))?
+            .unwrap_or_else(|| ProjectRecord {
+                project: name.clone(),
+                ..Default::default()
+            });
+        let run = Arc::new(Run {
+            engine: self.clone(),
+            project,
+            record: Mutex::new(record),
+            specs: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
+            events,
+        });
+        execute(run, plan).await
+    }
+
+    /// `down`: stop and remove every container of the project, its networks, its
+    /// supervisor and (with `remove_volumes`) its volumes. Works from state, goes on after
+    /// errors, reports them all.
+    pub async fn down(
+        &self,
+        project: &str,
+        volumes: &[String],
+        timeout: Duration,
+    ) -> Result<(), EngineError> {
+        let mut errors: Vec<String> = Vec::new();
+        let record = state::read_json::<ProjectRecord>(&self.root.project_state(project))
+            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut ids: BTreeSet<String> = record.containers.iter().map(|c| c.id.clone()).collect();
+        for c in self.project_containers(project).await.unwrap_or_default() {
+            ids.insert(c.id().to_string());
+        }
+        let mut tasks = Vec::new();
+        for id in ids {
+            let rec = record.containers.iter().find(|c| c.id == id).cloned();
+            tasks.push(self.remove_container(project, id, rec, timeout));
+        }
+        for r in futures::future::join_all(tasks).await {
+            if let Err(e) = r {
+                errors.push(chain(&e));
+            }
+        }
+        if let Err(e) = supervisor::shutdown(&self.root, project).await {
+            errors.push(chain(&e));
+        }
+        if let Err(es) = self.networks.teardown_project(project).await {
+            errors.extend(es.iter().map(|e| chain(e)));
+        }
+        for v in volumes {
+            if let Err(e) = self.volumes.remove(v) {
+                errors.push(chain(&e));
+            }
+        }
+        if errors.is_empty() {
+            let _ = std::fs::remove_dir_all(self.root.project_dir(project));
+            Ok(())
+        } else {
+            // Keep the project dir (record, logs) so a second `down` can finish the job.
+            Err(EngineError::Many(errors))
+        }
+    }
+
+    /// Stop, delete and detach one container; idempotent.
+    async fn remove_container(
+        &self,
+        project: &str,
+        id: String,
+        rec: Option<ContainerRecord>,
+        timeout: Duration,
+    ) -> Result<(), EngineError> {
+        let rt = self.runtime.clone();
+        let id2 = id.clone();
+        let netns_from_spec = tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, EngineError> {
+            let netns = match rt.get(&id2) {
+                Ok(c) => {
+                    let netns = match &c.spec().network {
+                        berth_runtime::Network::Join(p) => Some(p.clone()),
+                        _ => None,
+                    };
+                    if matches!(
+                        c.status(),
+                        Ok(berth_runtime::Status::Running | berth_runtime::Status::Paused | berth_runtime::Status::Created)
+                    ) {
+                        c.stop(timeout).map_err(failed(format!("stopping container {id2}")))?;
+                    }
+                    netns
+                }
+                Err(_) => None,
+            };
+            rt.delete(&id2).map_err(failed(format!("removing container {id2}")))?;
+            Ok(netns)
+        })
+        .await
+        .map_err(failed(format!("removing container {id}")))??;
+        let mut errors = Vec::new();
+        if let Err(e) = self.networks.unpublish(project, &id).await {
+            errors.push(chain(&e));
+        }
+        if let Some(rec) = &rec {
+            for a in &rec.attachments {
+                if let Err(e) = self.networks.detach(&a.network, &id).await {
+                    if !matches!(e, network::NetworkError::NotAttached { .. } | network::NetworkError::NotFound { .. }) {
+                        errors.push(chain(&e));
+                    }
+                }
+            }
+        }
+        let netns = rec.and_then(|r| r.netns).or(netns_from_spec);
+        if let Some(ns) = netns {
+            // Only our own pins; a joined `container:`/`service:` netns belongs to its owner.
+            if ns.starts_with(self.root.netns_dir()) && ns.file_name().map(|f| f == id.as_str()).unwrap_or(false) {
+                if let Err(e) = network::netns::remove_netns(&ns) {
+                    errors.push(chain(&e));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.rw_dir(&id));
+        let _ = std::fs::remove_dir_all(self.root.container_files_dir(project, &id));
+        debug!(container = %id, "removed");
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Many(errors))
+        }
+    }
+
+    /// `stop`: stop containers (of `services`, or all) without removing them.
+    pub async fn stop(
+        &self,
+        project: &str,
+        services: &[String],
+        timeout: Duration,
+    ) -> Result<(), EngineError> {
+        let mut tasks = Vec::new();
+        for c in self.project_containers(project).await? {
+            let svc = c.spec().labels.get(labels::SERVICE).cloned().unwrap_or_default();
+            if !services.is_empty() && !services.contains(&svc) {
+                continue;
+            }
+            tasks.push(tokio::task::spawn_blocking(move || {
+                if matches!(c.status(), Ok(berth_runtime::Status::Running | berth_runtime::Status::Paused)) {
+                    c.stop(timeout).map(|_| ()).map_err(failed(format!("stopping {}", c.id())))
+                } else {
+                    Ok(())
+                }
+            }));
+        }
+        let mut errors = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(chain(&e)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Many(errors))
+        }
+    }
+
+    /// `ps`: the project's containers, by service and number.
+    pub async fn ps(&self, project: &str, all: bool) -> Result<Vec<PsRow>, EngineError> {
+        let ports = self.networks.ports(project).unwrap_or_default();
+        let mut rows = Vec::new();
+        for c in self.project_containers(project).await? {
+            let spec = c.spec();
+            let status = c.status().map_err(failed(format!("reading state of {}", c.id())))?;
+            let (state, status_text, code) = match &status {
+                berth_runtime::Status::Created => ("created", "Created".to_string(), None),
+                berth_runtime::Status::Running => ("running", "Up".to_string(), None),
+                berth_runtime::Status::Paused => ("paused", "Up (Paused)".to_string(), None),
+                berth_runtime::Status::Exited(x) => {
+                    ("exited", format!("Exited ({})", x.code), Some(x.code))
+                }
+                berth_runtime::Status::Dead => ("dead", "Dead".to_string(), None),
+            };
+            if !all && !matches!(state, "running" | "paused" | "created") {
+                continue;
+            }
+            let id = c.id().to_string();
+            rows.push(PsRow {
+                name: id.clone(),
+                service: spec.labels.get(labels::SERVICE).cloned().unwrap_or_default(),
+                number: spec
+                    .labels
+                    .get(labels::NUMBER)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1),
+                image: spec.labels.get(labels::IMAGE).cloned().unwrap_or_default(),
+                command: spec.args.join(" "),
+                state: state.into(),
+                status: status_text,
+                exit_code: code,
+                ports: ports
+                    .iter()
+                    .filter(|p| p.container == id)
+                    .map(|p| {
+                        let ip = p.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into());
+                        format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.protocol)
+                    })
+                    .collect(),
+            });
+        }
+        rows.sort_by(|a, b| (&a.service, a.number).cmp(&(&b.service, b.number)));
+        Ok(rows)
+    }
+
+    /// Log files of the project's containers, by service and number: (name, service, path).
+    pub async fn log_files(
+        &self,
+        project: &str,
+        services: &[String],
+    ) -> Result<Vec<(String, String, u32, PathBuf)>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.project_containers(project).await? {
+            let l = &c.spec().labels;
+            let svc = l.get(labels::SERVICE).cloned().unwrap_or_default();
+            if !services.is_empty() && !services.contains(&svc) {
+                continue;
+            }
+            let n = l.get(labels::NUMBER).and_then(|n| n.parse().ok()).unwrap_or(1);
+            out.push((c.id().to_string(), svc, n, c.log_path()));
+        }
+        out.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
+        Ok(out)
+    }
+}
+
+/// The services an `up` works on: the named ones and (unless `no_deps`) everything they
+/// depend on; all services when none is named.
+pub fn select_services(
+    project: &Project,
+    selected: &[String],
+    no_deps: bool,
+) -> Result<BTreeSet<String>, EngineError> {
+    let names: BTreeSet<String> = project.services.values().map(|s| s.name.clone()).collect();
+    if selected.is_empty() {
+        return Ok(names);
+    }
+    let mut out = BTreeSet::new();
+    let mut todo: Vec<String> = Vec::new();
+    for s in selected {
+        if !names.contains(s) {
+            return Err(EngineError::Invalid(format!("no such service: {s}")));
+        }
+        todo.push(s.clone());
+    }
+    while let Some(s) = todo.pop() {
+        if !out.insert(s.clone()) || no_deps {
+            continue;
+        }
+        if let Some(svc) = project.services.values().find(|x| x.name == s) {
+            for d in svc.depends_on.keys() {
+                if names.contains(d.as_str()) {
+                    todo.push(d.as_str().to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn desired_of(s: &Service, chosen: &BTreeSet<String>) -> Desired {
+    use crate::project::model::Condition as C;
+    Desired {
+        service: s.name.clone(),
+        replicas: s.replicas(),
+        config_hash: crate::project::hash::service_config_hash(s),
+        container_name: s.container_name.clone(),
+        depends_on: s
+            .depends_on
+            .iter()
+            .filter(|(n, _)| chosen.contains(n.as_str()))
+            .map(|(n, d)| plan::Dependency {
+                service: n.as_str().to_string(),
+                condition: match d.condition {
+                    C::ServiceStarted => Condition::Started,
+                    C::ServiceHealthy => Condition::Healthy,
+                    C::ServiceCompletedSuccessfully => Condition::CompletedSuccessfully,
+                },
+                required: d.required,
+            })
+            .collect(),
+    }
+}
+
+/// The state of one `up` execution, shared by its operations.
+struct Run {
+    engine: Arc<Engine>,
+    project: Arc<Project>,
+    record: Mutex<ProjectRecord>,
+    /// Specs made by `Create`, consumed by `Start`.
+    specs: Mutex<HashMap<String, berth_runtime::ContainerSpec>>,
+    images: Mutex<HashMap<String, Arc<Image>>>,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+type StepFuture = Shared<BoxFuture<'static, Result<(), Arc<String>>>>;
+
+/// Run the plan: every step starts as soon as the steps it waits for are done; a failed
+/// step fails the steps after it. The executor decides nothing.
+async fn execute(run: Arc<Run>, plan: Plan) -> Result<(), EngineError> {
+    let mut futs: Vec<StepFuture> = Vec::with_capacity(plan.steps.len());
+    for step in plan.steps {
+        let deps: Vec<StepFuture> = step.after.iter().map(|i| futs[*i].clone()).collect();
+        let run = run.clone();
+        let op = step.op.clone();
+        let fut = async move {
+            for d in deps {
+                if d.await.is_err() {
+                    return Err(Arc::new(format!("{op}: skipped, an operation it waits for failed")));
+                }
+            }
+            let what = op.to_string();
+            let _ = run.events.send(Event::Started { what: what.clone() });
+            let t = Instant::now();
+            match run.clone().perform(&op).await {
+                Ok(()) => {
+                    let _ = run.events.send(Event::Done {
+                        what,
+                        elapsed: t.elapsed(),
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(Arc::new(format!("{what}: {}", chain(&e)))),
+            }
+        }
+        .boxed()
+        .shared();
+        futs.push(fut);
+    }
+    let results = futures::future::join_all(futs).await;
+    let mut errors: Vec<String> = Vec::new();
+    for r in results {
+        if let Err(e) = r {
+            if !e.contains("skipped, an operation it waits for failed") {
+                errors.push((*e).clone());
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::Many(errors))
+    }
+}
+
+impl Run {
+    fn name(&self) -> &str {
+        self.project.name.as_str()
+    }
+
+    fn service(&self, name: &str) -> Result<&Service, EngineError> {
+        self.project
+            .services
+            .values()
+            .find(|s| s.name == name)
+            .ok_or_else(|| EngineError::Invalid(format!("no such service: {name}")))
+    }
+
+    async fn perform(self: Arc<Self>, op: &Op) -> Result<(), EngineError> {
+        match op {
+            Op::EnsureNetworks => self.ensure_networks().await,
+            Op::EnsureImage { service } => self.ensure_image(service).await.map(|_| ()),
+            Op::Remove { id, .. } => {
+                let rec = self.record.lock().await.containers.iter().find(|c| &c.id == id).cloned();
+                self.engine
+                    .remove_container(self.name(), id.clone(), rec, Duration::from_secs(10))
+                    .await?;
+                let mut r = self.record.lock().await;
+                r.containers.retain(|c| &c.id != id);
+                self.save(&r).await
+            }
+            Op::Create { service, number, name } => self.create(service, *number, name).await,
+            Op::Start { name, .. } => self.start(name).await,
+            Op::Wait { service, condition } => self.wait(service, *condition).await,
+        }
+    }
+
+    /// Persist the record and have the supervisor apply it (DNS names change now).
+    async fn save(&self, r: &ProjectRecord) -> Result<(), EngineError> {
+        let e = &self.engine;
+        state::write_json(&e.root.project_state(self.name()), r).map_err(failed("writing the project record"))?;
+        supervisor::ensure(&e.root, self.name(), &e.exe)
+            .await
+            .map_err(failed("starting the project supervisor"))?;
+        supervisor::request(&e.root, self.name(), &super::protocol::Request::Reload)
+            .await
+            .map_err(failed("updating the project supervisor"))?;
+        Ok(())
+    }
+
+    async fn ensure_networks(&self) -> Result<(), EngineError> {
+        let e = &self.engine;
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        for s in self.project.services.values() {
+            if matches!(s.network_mode.as_deref(), Some(m) if m != "bridge") {
+                continue;
+            }
+            for n in s.networks.keys() {
+                used.insert(n.as_str().to_string());
+            }
+        }
+        let mut records = Vec::new();
+        for (key, net) in &self.project.networks {
+            if !used.contains(key.as_str()) {
+                continue;
+            }
+            let info = if net.external {
+                e.networks
+                    .network(&net.name)
+                    .map_err(failed(format!("looking up network {}", net.name)))?
+                    .ok_or_else(|| {
+                        EngineError::Invalid(format!(
+                            "network {} declared as external, but could not be found",
+                            net.name
+                        ))
+                    })?
+            } else {
+                if let Some(d) = net.driver.as_deref() {
+                    if d != "bridge" {
+                        return Err(EngineError::Invalid(format!(
+                            "network {}: driver {d:?} is not supported yet (only bridge)",
+                            key.as_str()
+                        )));
+                    }
+                }
+                let pool = net.ipam.as_ref().and_then(|i| i.config.first());
+                let parse_net = |s: &Option<String>, what: &str| -> Result<Option<ipnet::Ipv4Net>, EngineError> {
+                    s.as_deref()
+                        .map(|v| {
+                            v.parse().map_err(|_| {
+                                EngineError::Invalid(format!("network {}: invalid {what} {v:?}", key.as_str()))
+                            })
+                        })
+                        .transpose()
+                };
+                let spec = NetworkSpec {
+                    project: self.name().to_string(),
+                    name: net.name.clone(),
+                    subnet: parse_net(&pool.and_then(|p| p.subnet.clone()), "subnet")?,
+                    gateway: pool
+                        .and_then(|p| p.gateway.as_deref())
+                        .map(|g| {
+                            g.parse().map_err(|_| {
+                                EngineError::Invalid(format!("network {}: invalid gateway {g:?}", key.as_str()))
+                            })
+                        })
+                        .transpose()?,
+                    ip_range: parse_net(&pool.and_then(|p| p.ip_range.clone()), "ip_range")?,
+                    internal: net.internal,
+                    bridge_name: net.driver_opts.get("com.docker.network.bridge.name").cloned(),
+                    mtu: net
+                        .driver_opts
+                        .get("com.docker.network.driver.mtu")
+                        .and_then(|m| m.parse().ok()),
+                    labels: net.labels.clone(),
+                };
+                e.networks
+                    .ensure_network(&spec)
+                    .await
+                    .map_err(failed(format!("creating network {}", net.name)))?
+            };
+            records.push(NetworkRecord {
+                key: key.as_str().to_string(),
+                name: info.name.clone(),
+                bridge: info.bridge.clone(),
+                subnet: info.subnet.to_string(),
+                gateway: info.gateway,
+                internal: info.internal,
+                external: net.external,
+            });
+        }
+        // Named volumes of the project (created here too: they are project-wide).
+        for (key, vol) in &self.project.volumes {
+            if vol.external {
+                if e.volumes.get(&vol.name).map_err(failed(format!("volume {}", vol.name)))?.is_none() {
+                    return Err(EngineError::Invalid(format!(
+                        "external volume {:?} not found",
+                        vol.name
+                    )));
+                }
+                continue;
+            }
+            if let Some(d) = vol.driver.as_deref() {
+                if d != "local" {
+                    return Err(EngineError::Invalid(format!(
+                        "volume {}: driver {d:?} is not supported yet (only local)",
+                        key.as_str()
+                    )));
+                }
+            }
+            let mut l = vol.labels.clone();
+            l.insert("com.docker.compose.project".into(), self.name().to_string());
+            l.insert("com.docker.compose.volume".into(), key.as_str().to_string());
+            e.volumes.ensure(&vol.name, &l).map_err(failed(format!("creating volume {}", vol.name)))?;
+        }
+        let mut r = self.record.lock().await;
+        r.project = self.name().to_string();
+        r.working_dir = self.project.working_dir.clone();
+        r.config_files = self.project.compose_files.clone();
+        r.networks = records;
+        self.save(&r).await
+    }
+
+    async fn ensure_image(&self, service: &str) -> Result<Arc<Image>, EngineError> {
+        let svc = self.service(service)?;
+        let reference = svc.image.clone().ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "service {service} has no image (build is not supported yet)"
+            ))
+        })?;
+        if let Some(i) = self.images.lock().await.get(&reference) {
+            return Ok(i.clone());
+        }
+        let store = self.engine.images.clone();
+        let r2 = reference.clone();
+        let found = tokio::task::spawn_blocking(move || store.get(&r2))
+            .await
+            .map_err(failed(format!("looking up image {reference}")))?;
+        let image = match found {
+            Ok(i) => i,
+            Err(e) if !matches!(e, crate::image::store::StoreError::NotFound { .. }) => {
+                return Err(failed(format!("service {service}: image {reference}"))(e));
+            }
+            Err(_) => {
+                let r = crate::image::ImageRef::parse(&reference)
+                    .map_err(failed(format!("service {service}: image {reference:?}")))?;
+                info!(image = %reference, "pulling");
+                // The pull future is not provably `Send` (higher-ranked closures inside
+                // it), so it runs on a blocking thread driven by this runtime's handle.
+                let store = self.engine.images.clone();
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || {
+                    handle.block_on(crate::image::registry::pull(
+                        &store,
+                        &crate::image::registry::RegistryConfig::from_env(),
+                        &r,
+                        &crate::image::registry::PullOptions {
+                            platform: None,
+                            progress: crate::image::registry::Progress::Quiet,
+                        },
+                    ))
+                })
+                .await
+                .map_err(failed(format!("pulling image {reference} for service {service}")))?
+                .map_err(failed(format!("pulling image {reference} for service {service}")))?;
+                let store = self.engine.images.clone();
+                let r2 = reference.clone();
+                tokio::task::spawn_blocking(move || store.get(&r2))
+                    .await
+                    .map_err(failed(format!("looking up image {reference}")))?
+                    .map_err(failed(format!("image {reference}")))?
+            }
+        };
+        let image = Arc::new(image);
+        self.images.lock().await.insert(reference, image.clone());
+        Ok(image)
+    }
+
+    async fn create(&self, service: &str, number: u32, name: &str) -> Result<(), EngineError> {
+        let e = &self.engine;
+        let svc = self.service(service)?.clone();
+        let image = self.ensure_image(service).await?;
+        let project = self.name().to_string();
+
+        // Network namespace: our own pin (bridge), none, host, or another container's.
+        let mode = network::mode::NetworkMode::parse(svc.network_mode.as_deref().unwrap_or("bridge"))
+            .map_err(failed(format!("service {service}: network_mode")))?;
+        let (netns, own_pin) = match &mode {
+            network::mode::NetworkMode::Bridge => {
+                let p = e.networks.netns_path(name);
+                network::netns::create_netns(&p)
+                    .await
+                    .map_err(failed(format!("creating the network namespace of {name}")))?;
+                (Some(p), true)
+            }
+            network::mode::NetworkMode::None => (None, false),
+            network::mode::NetworkMode::Host => (None, false),
+            network::mode::NetworkMode::Service(other) => {
+                let r = self.record.lock().await;
+                let ns = r
+                    .containers
+                    .iter()
+                    .filter(|c| &c.service == other)
+                    .min_by_key(|c| c.number)
+                    .and_then(|c| c.netns.clone())
+                    .ok_or_else(|| {
+                        EngineError::Invalid(format!(
+                            "service {service}: network_mode service:{other}: {other} has no running container"
+                        ))
+                    })?;
+                (Some(ns), false)
+            }
+            network::mode::NetworkMode::Container(other) => {
+                let ns = e.networks.netns_path(other);
+                if !ns.exists() {
+                    return Err(EngineError::Invalid(format!(
+                        "service {service}: network_mode container:{other}: no such container"
+                    )));
+                }
+                (Some(ns), false)
+            }
+        };
+
+        // Attach to each network; the first (by name) gets the default route, as compose
+        // orders them when no priority is given.
+        let mut attachments = Vec::new();
+        if own_pin {
+            let netns = netns.clone().expect("own pin has a path");
+            let r = self.record.lock().await.networks.clone();
+            for (i, (key, opts)) in svc.networks.iter().enumerate() {
+                let nrec = r.iter().find(|n| n.key == key.as_str()).ok_or_else(|| {
+                    EngineError::Invalid(format!("service {service}: network {} was not created", key.as_str()))
+                })?;
+                let info = e
+                    .networks
+                    .network(&nrec.name)
+                    .map_err(failed(format!("network {}", nrec.name)))?
+                    .ok_or_else(|| EngineError::Invalid(format!("network {} is gone", nrec.name)))?;
+                let ipv4 = opts
+                    .as_ref()
+                    .and_then(|o| o.ipv4_address.as_deref())
+                    .map(|a| {
+                        a.parse::<Ipv4Addr>().map_err(|_| {
+                            EngineError::Invalid(format!("service {service}: invalid ipv4_address {a:?}"))
+                        })
+                    })
+                    .transpose()?;
+                let att = e
+                    .networks
+                    .attach(&info, &netns, name, i as u32, ipv4, None)
+                    .await
+                    .map_err(failed(format!("attaching {name} to network {}", info.name)))?;
+                let mut names = vec![svc.name.clone(), name.to_string()];
+                if let Some(cn) = &svc.container_name {
+                    names.push(cn.clone());
+                }
+                if let Some(h) = &svc.hostname {
+                    names.push(h.clone());
+                }
+                if let Some(o) = opts {
+                    names.extend(o.aliases.iter().cloned());
+                }
+                for l in &svc.links {
+                    // `links: [db:database]` makes `database` an alias of db for us; the
+                    // alias is registered on the linked container's side by compose, here
+                    // we keep the simple form: nothing to add for ourselves.
+                    let _ = l;
+                }
+                attachments.push(AttachmentRecord {
+                    network: info.name.clone(),
+                    ip: att.ip,
+                    ifname: att.ifname.clone(),
+                    host_veth: att.host_veth.clone(),
+                    dns_names: names,
+                });
+            }
+        }
+
+        // /etc/hosts, /etc/hostname, /etc/resolv.conf.
+        let files_dir = e.root.container_files_dir(&project, name);
+        std::fs::create_dir_all(&files_dir).map_err(failed(format!("creating {}", files_dir.display())))?;
+        let hostname = svc.hostname.clone().unwrap_or_else(|| name.to_string());
+        let own: Vec<IpAddr> = attachments.iter().map(|a| IpAddr::V4(a.ip)).collect();
+        let mut extra = Vec::new();
+        for h in &svc.extra_hosts {
+            let (host, ip) = h
+                .split_once('=')
+                .or_else(|| h.split_once(':'))
+                .ok_or_else(|| EngineError::Invalid(format!("service {service}: invalid extra_hosts entry {h:?}")))?;
+            let ip: IpAddr = ip.trim_matches(|c| c == '[' || c == ']').parse().map_err(|_| {
+                EngineError::Invalid(format!("service {service}: invalid address in extra_hosts entry {h:?}"))
+            })?;
+            extra.push((host.to_string(), ip));
+        }
+        let gateway = {
+            let r = self.record.lock().await;
+            attachments
+                .first()
+                .and_then(|a| r.networks.iter().find(|n| n.name == a.network))
+                .map(|n| IpAddr::V4(n.gateway))
+        };
+        let dns: Vec<IpAddr> = svc.dns.iter().filter_map(|d| d.parse().ok()).collect();
+        let mut etc_files = Vec::new();
+        if !matches!(mode, network::mode::NetworkMode::Host) {
+            let write = |file: &str, content: String| -> Result<PathBuf, EngineError> {
+                let p = files_dir.join(file);
+                std::fs::write(&p, content).map_err(failed(format!("writing {}", p.display())))?;
+                Ok(p)
+            };
+            etc_files.push((
+                write(
+                    "hosts",
+                    network::container_files::hosts(&hostname, svc.domainname.as_deref(), &own, &extra),
+                )?,
+                "/etc/hosts",
+            ));
+            etc_files.push((write("hostname", network::container_files::hostname(&hostname))?, "/etc/hostname"));
+            etc_files.push((
+                write(
+                    "resolv.conf",
+                    network::container_files::resolv_conf(gateway, &dns, &svc.dns_search, &svc.dns_opt),
+                )?,
+                "/etc/resolv.conf",
+            ));
+        }
+
+        // Mounts: named and anonymous volumes, binds, tmpfs.
+        let mut mounts = Vec::new();
+        for m in &svc.volumes {
+            let target = PathBuf::from(&m.target);
+            match m.kind {
+                MountType::Volume => {
+                    let vname = match &m.source {
+                        Some(src) => self
+                            .project
+                            .volumes
+                            .iter()
+                            .find(|(k, _)| k.as_str() == src)
+                            .map(|(_, v)| v.name.clone())
+                            .ok_or_else(|| EngineError::Invalid(format!("service {service}: volume {src} is not declared")))?,
+                        None => format!("{name}-anon-{}", hex_short(&m.target)),
+                    };
+                    let v = e
+                        .volumes
+                        .ensure(&vname, &BTreeMap::new())
+                        .map_err(failed(format!("volume {vname}")))?;
+                    let nocopy = m.volume.as_ref().map(|o| o.nocopy).unwrap_or(false);
+                    if !nocopy {
+                        if let Some(src) = image_path(&image, &m.target) {
+                            e.volumes
+                                .populate_once(&vname, &src)
+                                .map_err(failed(format!("populating volume {vname}")))?;
+                        }
+                    }
+                    mounts.push(berth_runtime::Mount::Bind {
+                        source: v.data,
+                        target,
+                        read_only: m.read_only,
+                    });
+                }
+                MountType::Bind => {
+                    let src = PathBuf::from(m.source.clone().unwrap_or_default());
+                    if !src.exists() {
+                        let create = m.bind.as_ref().map(|b| b.create_host_path).unwrap_or(true);
+                        if create {
+                            std::fs::create_dir_all(&src)
+                                .map_err(failed(format!("service {service}: creating bind source {}", src.display())))?;
+                        } else {
+                            return Err(EngineError::Invalid(format!(
+                                "service {service}: bind source path {} does not exist",
+                                src.display()
+                            )));
+                        }
+                    }
+                    mounts.push(berth_runtime::Mount::Bind {
+                        source: src,
+                        target,
+                        read_only: m.read_only,
+                    });
+                }
+                MountType::Tmpfs => mounts.push(berth_runtime::Mount::Tmpfs {
+                    target,
+                    size: m.tmpfs.as_ref().and_then(|t| t.size),
+                    mode: m.tmpfs.as_ref().and_then(|t| t.mode),
+                }),
+                #[allow(unreachable_patterns)]
+                _ => {
+                    return Err(EngineError::Invalid(format!(
+                        "service {service}: mount type of {} is not supported yet",
+                        m.target
+                    )))
+                }
+            }
+        }
+
+        // A fresh writable layer.
+        let rw = e.rw_dir(name);
+        let _ = std::fs::remove_dir_all(&rw);
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(rw.join(d)).map_err(failed(format!("creating {}", rw.display())))?;
+        }
+
+        let placement = Placement {
+            project: project.clone(),
+            container: name.to_string(),
+            number,
+            config_hash: crate::project::hash::service_config_hash(&svc),
+            working_dir: self.project.working_dir.clone(),
+            config_files: self.project.compose_files.clone(),
+            rw_dir: rw,
+            netns: match &mode {
+                network::mode::NetworkMode::Host => None,
+                _ => netns.clone(),
+            },
+            etc_files,
+            mounts,
+        };
+        let mut cspec = spec::container_spec(&svc, &image, &placement).map_err(failed(format!("container {name}")))?;
+        if matches!(mode, network::mode::NetworkMode::Host) {
+            cspec.network = berth_runtime::Network::Host;
+        }
+
+        // Record first (names resolvable before the process starts), then publish ports.
+        {
+            let mut r = self.record.lock().await;
+            r.containers.retain(|c| c.id != name);
+            r.containers.push(ContainerRecord {
+                id: name.to_string(),
+                service: service.to_string(),
+                number,
+                config_hash: placement.config_hash.clone(),
+                netns: if own_pin { netns.clone() } else { None },
+                attachments: attachments.clone(),
+            });
+            self.save(&r).await?;
+        }
+        if !svc.ports.is_empty() {
+            let ip = attachments.first().map(|a| a.ip).ok_or_else(|| {
+                EngineError::Invalid(format!("service {service}: ports need a bridge network"))
+            })?;
+            let mut bindings = Vec::new();
+            for p in &svc.ports {
+                bindings.push(port_binding(service, name, ip, p)?);
+            }
+            e.networks
+                .publish(&project, &bindings)
+                .await
+                .map_err(failed(format!("publishing ports of {name}")))?;
+        }
+        self.specs.lock().await.insert(name.to_string(), cspec);
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<(), EngineError> {
+        let spec = self.specs.lock().await.remove(name);
+        let rt = self.engine.runtime.clone();
+        let name2 = name.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+            let spec = match spec {
+                Some(s) => s,
+                None => {
+                    // An existing, stopped container: start it again with the same spec
+                    // and writable layer, as `docker start` does.
+                    let old = rt.get(&name2).map_err(failed(format!("container {name2}")))?;
+                    let s = old.spec().clone();
+                    rt.delete(&name2).map_err(failed(format!("container {name2}")))?;
+                    s
+                }
+            };
+            rt.run(&spec).map_err(failed(format!("starting container {name2}")))?;
+            Ok(())
+        })
+        .await
+        .map_err(failed(format!("starting container {name}")))?
+    }
+
+    async fn wait(&self, service: &str, condition: Condition) -> Result<(), EngineError> {
+        let ids: Vec<String> = self
+            .record
+            .lock()
+            .await
+            .containers
+            .iter()
+            .filter(|c| c.service == service)
+            .map(|c| c.id.clone())
+            .collect();
+        let svc = self.service(service)?.clone();
+        for id in ids {
+            let rt = self.engine.runtime.clone();
+            let c = rt.get(&id).map_err(failed(format!("container {id}")))?;
+            match condition {
+                Condition::Started => {}
+                Condition::CompletedSuccessfully => {
+                    let rec = tokio::task::spawn_blocking(move || c.wait(None))
+                        .await
+                        .map_err(failed(format!("waiting for {id}")))?
+                        .map_err(failed(format!("waiting for {id}")))?;
+                    if rec.code != 0 {
+                        return Err(EngineError::Invalid(format!(
+                            "service {service} didn't complete successfully: exit {}",
+                            rec.code
+                        )));
+                    }
+                }
+                Condition::Healthy => {
+                    let image = self.ensure_image(service).await?;
+                    super::health::wait_healthy(&svc, &image, c).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn hex_short(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..6])
+}
+
+/// The image's directory at `path` in its topmost layer that has it (for volume copy-up).
+fn image_path(image: &Image, path: &str) -> Option<PathBuf> {
+    let rel = path.trim_start_matches('/');
+    if rel.is_empty() {
+        return None;
+    }
+    image.layers.iter().rev().map(|l| l.join(rel)).find(|p| {
+        std::fs::symlink_metadata(p)
+            .map(|m| m.is_dir())
+            .unwrap_or(false)
+    })
+}
+
+fn parse_range(s: &str) -> Option<PortRange> {
+    match s.split_once('-') {
+        Some((a, b)) => Some(PortRange {
+            start: a.parse().ok()?,
+            end: b.parse().ok()?,
+        }),
+        None => s.parse().ok().map(PortRange::single),
+    }
+}
+
+fn port_binding(
+    service: &str,
+    container: &str,
+    ip: Ipv4Addr,
+    p: &crate::project::model::Port,
+) -> Result<PortBinding, EngineError> {
+    let bad = |what: &str| EngineError::Invalid(format!("service {service}: invalid port {what}"));
+    let host_ip = match p.host_ip.as_deref() {
+        None | Some("") | Some("0.0.0.0") => None,
+        Some(h) => Some(h.parse::<Ipv4Addr>().map_err(|_| bad(&format!("host_ip {h:?}")))?),
+    };
+    let host_port = match p.published.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(parse_range(s).ok_or_else(|| bad(&format!("published {s:?}")))?),
+    };
+    let protocol = match p.protocol.as_str() {
+        "" | "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        other => return Err(bad(&format!("protocol {other:?}"))),
+    };
+    Ok(PortBinding {
+        container: container.to_string(),
+        host_ip,
+        host_port,
+        container_ip: ip,
+        container_port: PortRange::single(p.target),
+        protocol,
+    })
+}
