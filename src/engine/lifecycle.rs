@@ -83,6 +83,8 @@ pub struct PsRow {
     pub status: String,
     pub exit_code: Option<i32>,
     pub ports: Vec<String>,
+    /// Host pid of the container's PID 1 while it runs.
+    pub pid: Option<i32>,
 }
 
 /// Everything the lifecycle needs, opened on one state root.
@@ -388,6 +390,7 @@ impl Engine {
                 state: state.into(),
                 status: status_text,
                 exit_code: code,
+                pid: if state == "running" { c.pid() } else { None },
                 ports: ports
                     .iter()
                     .filter(|p| p.container == id)
@@ -652,6 +655,7 @@ impl Run {
                         .get("com.docker.network.driver.mtu")
                         .and_then(|m| m.parse().ok()),
                     labels: net.labels.clone(),
+                    enable_ipv6: net.enable_ipv6.unwrap_or(false),
                 };
                 e.networks
                     .ensure_network(&spec)

@@ -173,14 +173,19 @@ fn mounts() -> BTreeSet<String> {
 fn cgroups() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let root = Path::new("/sys/fs/cgroup");
-    let mut tops = vec![root.to_path_buf()];
-    if let Ok(rd) = std::fs::read_dir(root) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                tops.push(e.path());
-            }
-        }
-    }
+    // cgroup v2 (unified): one hierarchy at the root. v1/hybrid: one per controller dir.
+    let tops: Vec<std::path::PathBuf> = if root.join("cgroup.controllers").exists() {
+        vec![root.to_path_buf()]
+    } else {
+        std::fs::read_dir(root)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     fn walk(dir: &Path, depth: u32, out: &mut BTreeSet<String>) {
         if depth == 0 {
             return;
@@ -193,7 +198,11 @@ fn cgroups() -> BTreeSet<String> {
                 continue;
             }
             let p = e.path();
-            if e.file_name().to_string_lossy().contains("berth") {
+            // `<hierarchy>/berth` is the parent every container cgroup lives under (like
+            // Docker's `docker`): shared by all projects, not a leak. Everything below it
+            // and every other berth-named dir is.
+            let shared_parent = e.file_name() == "berth" && depth == 4;
+            if e.file_name().to_string_lossy().contains("berth") && !shared_parent {
                 out.insert(p.display().to_string());
             }
             walk(&p, depth - 1, out);

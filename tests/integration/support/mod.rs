@@ -118,6 +118,8 @@ impl TestEnv {
     pub fn berth(&self) -> Command {
         let mut c = Command::new(berth_bin());
         c.env("BERTH_ROOT", &self.root);
+        // Never forward a test's DNS queries to the host's resolver.
+        c.env("BERTH_DNS_UPSTREAM", "none");
         c
     }
 
@@ -129,6 +131,50 @@ impl TestEnv {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Run berth and assert it succeeded; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "berth {args:?} failed ({code}):\nstdout: {out}\nstderr: {err}");
+        out
+    }
+
+    /// Load the busybox fixture image into this test's store.
+    pub fn load_busybox(&self) {
+        let layout = images::busybox_layout();
+        self.ok(&["image", "load", "-i", layout.to_str().expect("utf-8 path")]);
+    }
+
+    /// Write a compose project dir under the test root; returns its path.
+    pub fn project_dir(&self, name: &str, compose_yaml: &str) -> PathBuf {
+        let dir = self.root.join("projects-src").join(name);
+        write_file(&dir, "compose.yaml", compose_yaml);
+        dir
+    }
+
+    /// Run berth in `dir` with `-p <this test's project>` first; returns (code, out, err).
+    pub fn compose(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .berth()
+            .current_dir(dir)
+            .arg("-p")
+            .arg(&self.project)
+            .args(args)
+            .output()
+            .expect("running berth");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Like [`TestEnv::compose`], asserting success; returns stdout.
+    pub fn compose_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let (code, out, err) = self.compose(dir, args);
+        assert_eq!(code, 0, "berth {args:?} failed ({code}):\nstdout: {out}\nstderr: {err}");
+        out
     }
 
     /// Assert nothing berth-owned is left since [`TestEnv::new`], then remove the root.
