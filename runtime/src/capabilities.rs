@@ -166,7 +166,9 @@ impl FromStr for Capability {
         ALL.iter()
             .find(|(_, n)| *n == bare)
             .map(|(c, _)| *c)
-            .ok_or_else(|| CapabilityError::Unknown { name: s.to_string() })
+            .ok_or_else(|| CapabilityError::Unknown {
+                name: s.to_string(),
+            })
     }
 }
 
@@ -255,11 +257,17 @@ pub(crate) fn drop_bounding(keep: CapSet) -> Result<(), CapabilityError> {
             if err.raw_os_error() == Some(libc::EINVAL) {
                 continue;
             }
-            let cap = ALL.get(n as usize).map(|c| c.0).unwrap_or(Capability::Chown);
+            let cap = ALL
+                .get(n as usize)
+                .map(|c| c.0)
+                .unwrap_or(Capability::Chown);
             return Err(CapabilityError::BoundingDrop { cap, source: err });
         }
     }
-    debug!(mask = format_args!("{:016x}", keep.0), "bounding set dropped");
+    debug!(
+        mask = format_args!("{:016x}", keep.0),
+        "bounding set dropped"
+    );
     Ok(())
 }
 

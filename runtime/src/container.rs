@@ -106,7 +106,11 @@ pub struct Runtime {
 impl Runtime {
     /// Containers live in `state_root/<id>/`; helpers are this executable (`/proc/self/exe`).
     pub fn new(state_root: impl Into<PathBuf>) -> Self {
-        Self { state_root: state_root.into(), helper: PathBuf::from("/proc/self/exe"), seal_helper: true }
+        Self {
+            state_root: state_root.into(),
+            helper: PathBuf::from("/proc/self/exe"),
+            seal_helper: true,
+        }
     }
 
     /// Uses another berth binary for the hidden modes (tests pass `CARGO_BIN_EXE_berth`).
@@ -131,10 +135,18 @@ impl Runtime {
     }
 
     /// A command for berth's binary in hidden mode `mode`, with `report` on fd 3.
-    fn helper_command(&self, mode: &str, args: &[&str], report: &OwnedFd) -> std::io::Result<(Command, Option<std::sync::Arc<OwnedFd>>)> {
+    fn helper_command(
+        &self,
+        mode: &str,
+        args: &[&str],
+        report: &OwnedFd,
+    ) -> std::io::Result<(Command, Option<std::sync::Arc<OwnedFd>>)> {
         let (program, keep) = if self.seal_helper {
             let fd = crate::sealed_exe::sealed_copy(&self.helper)?;
-            (PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())), Some(fd))
+            (
+                PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                Some(fd),
+            )
         } else {
             (self.helper.clone(), None)
         };
@@ -184,17 +196,35 @@ impl Runtime {
         let id = spec.id.as_str();
         StateDir::write_json(&state.spec(), spec).map_err(Self::err_state(id, &state.spec()))?;
         if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
-            let prog = crate::seccomp::docker_default(spec.capabilities()?)
-                .map_err(|source| RuntimeError::Seccomp { id: id.to_string(), source })?;
-            std::fs::write(state.seccomp(), prog.to_bytes()).map_err(Self::err_state(id, &state.seccomp()))?;
+            let prog = crate::seccomp::docker_default(spec.capabilities()?).map_err(|source| {
+                RuntimeError::Seccomp {
+                    id: id.to_string(),
+                    source,
+                }
+            })?;
+            std::fs::write(state.seccomp(), prog.to_bytes())
+                .map_err(Self::err_state(id, &state.seccomp()))?;
         }
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| RuntimeError::Spawn { id: id.to_string(), helper: self.helper.clone(), source: e.into() })?;
-        let spawn_err = |source| RuntimeError::Spawn { id: id.to_string(), helper: self.helper.clone(), source };
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Spawn {
+                id: id.to_string(),
+                helper: self.helper.clone(),
+                source: e.into(),
+            })?;
+        let spawn_err = |source| RuntimeError::Spawn {
+            id: id.to_string(),
+            helper: self.helper.clone(),
+            source,
+        };
         let root = self.state_root.to_string_lossy().into_owned();
-        let (mut cmd, _keep) = self.helper_command(crate::shim::MODE, &[&root, id], &w).map_err(spawn_err)?;
-        let shim_log = std::fs::File::create(state.shim_log()).map_err(Self::err_state(id, &state.shim_log()))?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(shim_log);
+        let (mut cmd, _keep) = self
+            .helper_command(crate::shim::MODE, &[&root, id], &w)
+            .map_err(spawn_err)?;
+        let shim_log = std::fs::File::create(state.shim_log())
+            .map_err(Self::err_state(id, &state.shim_log()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(shim_log);
         let mut child = cmd.spawn().map_err(spawn_err)?;
         drop(w);
         let report = protocol::receive::<ShimReport>(r);
@@ -217,10 +247,16 @@ impl Runtime {
                 }
                 Ok(c)
             }
-            Ok(Some(ShimReport::Failed { chain })) => Err(RuntimeError::Start { id: id.to_string(), chain }),
+            Ok(Some(ShimReport::Failed { chain })) => Err(RuntimeError::Start {
+                id: id.to_string(),
+                chain,
+            }),
             Ok(None) => Err(RuntimeError::Start {
                 id: id.to_string(),
-                chain: ErrorChain(vec![format!("the shim exited without a report (see {})", state.shim_log().display())]),
+                chain: ErrorChain(vec![format!(
+                    "the shim exited without a report (see {})",
+                    state.shim_log().display()
+                )]),
             }),
             Err(e) => Err(spawn_err(e)),
         }
@@ -233,8 +269,14 @@ impl Runtime {
         let spec: ContainerSpec = StateDir::read_json(&state.spec())
             .map_err(Self::err_state(id.as_str(), &state.spec()))?
             .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
-        let running = StateDir::read_json(&state.running()).map_err(Self::err_state(id.as_str(), &state.running()))?;
-        Ok(Container { runtime: self.clone(), state, spec, running })
+        let running = StateDir::read_json(&state.running())
+            .map_err(Self::err_state(id.as_str(), &state.running()))?;
+        Ok(Container {
+            runtime: self.clone(),
+            state,
+            spec,
+            running,
+        })
     }
 
     /// Every container in the state dir, sorted by id.
@@ -273,7 +315,9 @@ impl Runtime {
         }
         // Let the shim record the exit and leave, so nothing holds the state dir.
         if let Ok(Some(rec)) = StateDir::read_json::<RunningRecord>(&state.running()) {
-            if pid_alive(rec.shim_pid, rec.shim_start) && !wait_pid_exit(rec.shim_pid, Duration::from_secs(10)) {
+            if pid_alive(rec.shim_pid, rec.shim_start)
+                && !wait_pid_exit(rec.shim_pid, Duration::from_secs(10))
+            {
                 let _ = kill(Pid::from_raw(rec.shim_pid), Signal::SIGKILL);
                 errors.push(format!("shim {} did not exit; killed", rec.shim_pid));
             }
@@ -308,7 +352,10 @@ impl Runtime {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(RuntimeError::Delete { id: id.to_string(), errors })
+            Err(RuntimeError::Delete {
+                id: id.to_string(),
+                errors,
+            })
         }
     }
 }
@@ -325,7 +372,11 @@ fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if n > 0 {
@@ -379,7 +430,11 @@ impl Container {
 
     /// The JSON-lines log file.
     pub fn log_path(&self) -> PathBuf {
-        self.spec.log.path.clone().unwrap_or_else(|| self.state.default_log())
+        self.spec
+            .log
+            .path
+            .clone()
+            .unwrap_or_else(|| self.state.default_log())
     }
 
     /// The state dir (`<root>/<id>`).
@@ -388,11 +443,16 @@ impl Container {
     }
 
     fn not_running(&self) -> RuntimeError {
-        RuntimeError::NotRunning { id: self.spec.id.to_string() }
+        RuntimeError::NotRunning {
+            id: self.spec.id.to_string(),
+        }
     }
 
     fn cg_err(&self) -> impl FnOnce(CgroupError) -> RuntimeError + '_ {
-        move |source| RuntimeError::Cgroup { id: self.spec.id.to_string(), source }
+        move |source| RuntimeError::Cgroup {
+            id: self.spec.id.to_string(),
+            source,
+        }
     }
 
     fn live_pid(&self) -> Result<i32> {
@@ -403,7 +463,10 @@ impl Container {
     }
 
     fn exit_record(&self) -> Result<Option<ExitRecord>> {
-        StateDir::read_json(&self.state.exit()).map_err(Runtime::err_state(self.spec.id.as_str(), &self.state.exit()))
+        StateDir::read_json(&self.state.exit()).map_err(Runtime::err_state(
+            self.spec.id.as_str(),
+            &self.state.exit(),
+        ))
     }
 
     /// The current status, read from disk and /proc.
@@ -411,7 +474,9 @@ impl Container {
         if let Some(e) = self.exit_record()? {
             return Ok(Status::Exited(e));
         }
-        let Some(r) = &self.running else { return Ok(Status::Created) };
+        let Some(r) = &self.running else {
+            return Ok(Status::Created);
+        };
         if !pid_alive(r.pid, r.pid_start) {
             // The shim may be writing exit.json right now.
             if pid_alive(r.shim_pid, r.shim_start) {
@@ -501,14 +566,20 @@ impl Container {
         if let Some(e) = self.exit_record()? {
             return Ok(e);
         }
-        let Some(r) = &self.running else { return Err(self.not_running()) };
+        let Some(r) = &self.running else {
+            return Err(self.not_running());
+        };
         if pid_alive(r.shim_pid, r.shim_start) {
             let t = timeout.unwrap_or(Duration::from_secs(u32::MAX as u64));
             if !wait_pid_exit(r.shim_pid, t) {
-                return Err(RuntimeError::Timeout { id: self.spec.id.to_string() });
+                return Err(RuntimeError::Timeout {
+                    id: self.spec.id.to_string(),
+                });
             }
         }
-        self.exit_record()?.ok_or_else(|| RuntimeError::ShimGone { id: self.spec.id.to_string() })
+        self.exit_record()?.ok_or_else(|| RuntimeError::ShimGone {
+            id: self.spec.id.to_string(),
+        })
     }
 
     /// Runs a process inside the running container and captures its output.
@@ -519,21 +590,40 @@ impl Container {
             return Err(RuntimeError::Paused { id: id.to_string() });
         }
         let rt = &self.runtime;
-        let spawn_err = |source| RuntimeError::Spawn { id: id.to_string(), helper: rt.helper.clone(), source };
+        let spawn_err = |source| RuntimeError::Spawn {
+            id: id.to_string(),
+            helper: rt.helper.clone(),
+            source,
+        };
         let json = serde_json::to_string(exec).map_err(|e| spawn_err(std::io::Error::other(e)))?;
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()))?;
         let root = rt.state_root.to_string_lossy().into_owned();
-        let (mut cmd, _keep) = rt.helper_command(crate::exec::MODE, &[&root, id, &json], &w).map_err(spawn_err)?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let (mut cmd, _keep) = rt
+            .helper_command(crate::exec::MODE, &[&root, id, &json], &w)
+            .map_err(spawn_err)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let child = cmd.spawn().map_err(spawn_err)?;
         drop(w);
         let out = child.wait_with_output().map_err(spawn_err)?;
         if let Ok(Some(chain)) = protocol::receive::<ErrorChain>(r) {
-            return Err(RuntimeError::Exec { id: id.to_string(), chain });
+            return Err(RuntimeError::Exec {
+                id: id.to_string(),
+                chain,
+            });
         }
         use std::os::unix::process::ExitStatusExt;
-        let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
-        Ok(ExecOutput { code, stdout: out.stdout, stderr: out.stderr })
+        let code = out
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+        Ok(ExecOutput {
+            code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
     }
 
     /// Removes the container (see [`Runtime::delete`]).
@@ -544,7 +634,9 @@ impl Container {
 
 /// Whether `pid` catches or blocks `sig` (SigCgt / SigBlk in /proc/PID/status).
 pub(crate) fn handles_signal(pid: i32, sig: Signal) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return true };
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
     let bit = 1u64 << (sig as i32 - 1);
     let mask = |key: &str| {
         text.lines()
@@ -565,6 +657,9 @@ mod tests {
         // (ignored is neither caught nor blocked).
         let me = std::process::id() as i32;
         assert!(!handles_signal(me, Signal::SIGPIPE));
-        assert!(handles_signal(-1, Signal::SIGTERM), "unknown pid: assume handled");
+        assert!(
+            handles_signal(-1, Signal::SIGTERM),
+            "unknown pid: assume handled"
+        );
     }
 }

@@ -42,7 +42,10 @@ pub struct ExecSpec {
 
 impl ExecSpec {
     pub fn new<S: Into<String>>(args: impl IntoIterator<Item = S>) -> Self {
-        Self { args: args.into_iter().map(Into::into).collect(), ..Default::default() }
+        Self {
+            args: args.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
     }
 }
 
@@ -86,7 +89,8 @@ fn chain_of(context: &str, e: &(dyn std::error::Error + 'static)) -> ErrorChain 
 fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let exec: ExecSpec = serde_json::from_str(json).map_err(|e| chain_of("invalid exec spec", &e))?;
+    let exec: ExecSpec =
+        serde_json::from_str(json).map_err(|e| chain_of("invalid exec spec", &e))?;
     if exec.args.is_empty() {
         return Err(ErrorChain(vec!["exec needs a command".into()]));
     }
@@ -97,11 +101,17 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
         .map_err(|e| chain_of("cannot read state.json", &e))?
         .ok_or_else(|| ErrorChain(vec![format!("container {} is not running", spec.id)]))?;
     if !pid_alive(running.pid, running.pid_start) {
-        return Err(ErrorChain(vec![format!("container {} is not running", spec.id)]));
+        return Err(ErrorChain(vec![format!(
+            "container {} is not running",
+            spec.id
+        )]));
     }
-    let caps = spec.capabilities().map_err(|e| chain_of("invalid spec", &e))?;
+    let caps = spec
+        .capabilities()
+        .map_err(|e| chain_of("invalid spec", &e))?;
     let seccomp = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
-        let bytes = std::fs::read(state.seccomp()).map_err(|e| chain_of("cannot read seccomp.bpf", &e))?;
+        let bytes =
+            std::fs::read(state.seccomp()).map_err(|e| chain_of("cannot read seccomp.bpf", &e))?;
         Some(SeccompProgram::from_bytes(&bytes).map_err(|e| chain_of("invalid seccomp.bpf", &e))?)
     } else {
         None
@@ -134,10 +144,13 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
     drop(fds);
     let _ = nix::unistd::chdir("/");
 
-    let (fail_r, fail_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| chain_of("cannot create a pipe", &e))?;
+    let (fail_r, fail_w) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| chain_of("cannot create a pipe", &e))?;
     let mut env = spec.env.clone();
     env.extend(exec.env.iter().cloned());
-    let hostname = nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned());
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned());
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }.map_err(|e| chain_of("cannot fork into the container", &e))? {
         ForkResult::Child => {

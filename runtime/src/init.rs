@@ -108,7 +108,10 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
         source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
     })?;
     if n == 0 {
-        return Err(InitError::Sys { what: "wait for the shim (it went away)".into(), source: nix::Error::EPIPE });
+        return Err(InitError::Sys {
+            what: "wait for the shim (it went away)".into(),
+            source: nix::Error::EPIPE,
+        });
     }
     drop(go);
 
@@ -126,8 +129,10 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
             path: path.clone(),
             source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
-        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET)
-            .map_err(|source| InitError::JoinNetns { path: path.clone(), source })?;
+        nix::sched::setns(&f, CloneFlags::CLONE_NEWNET).map_err(|source| InitError::JoinNetns {
+            path: path.clone(),
+            source,
+        })?;
         debug!(path = %path.display(), "joined network namespace");
     }
     if let Some(h) = &spec.hostname {
@@ -144,7 +149,10 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
     rootfs::prepare(spec, &ctx.rootfs_mountpoint, &ctx.view)?;
     for (key, value) in &spec.sysctls {
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-        std::fs::write(&path, value).map_err(|source| InitError::Sysctl { key: key.clone(), source })?;
+        std::fs::write(&path, value).map_err(|source| InitError::Sysctl {
+            key: key.clone(),
+            source,
+        })?;
         debug!(key, value, "sysctl set");
     }
     rootfs::finish(spec)?;
@@ -152,7 +160,11 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(InitError::OomScore)?;
     }
 
-    let hostname = spec.hostname.clone().or_else(|| nix::unistd::gethostname().ok().map(|h| h.to_string_lossy().into_owned()));
+    let hostname = spec.hostname.clone().or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .map(|h| h.to_string_lossy().into_owned())
+    });
     become_process(&ProcessSpec {
         args: &spec.args,
         env: &spec.env,
@@ -185,7 +197,10 @@ pub(crate) struct ProcessSpec<'a> {
 /// from the user's passwd entry unless given. Later duplicates win.
 pub(crate) fn build_env(env: &[String], hostname: Option<&str>, home: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let has = |k: &str| env.iter().any(|e| e.split_once('=').map(|(a, _)| a) == Some(k));
+    let has = |k: &str| {
+        env.iter()
+            .any(|e| e.split_once('=').map(|(a, _)| a) == Some(k))
+    };
     if !has("PATH") {
         out.push(format!("PATH={DEFAULT_PATH}"));
     }
@@ -224,24 +239,42 @@ pub(crate) fn lookup(cmd: &str, env: &[String]) -> Result<String, InitError> {
             }
         }
     }
-    Err(InitError::NotFound { cmd: cmd.to_string() })
+    Err(InitError::NotFound {
+        cmd: cmd.to_string(),
+    })
 }
 
 fn set_rlimits(rlimits: &[Rlimit]) -> Result<(), InitError> {
     for r in rlimits {
-        let Some(res) = rlimit_resource(&r.name) else { continue };
-        let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let Some(res) = rlimit_resource(&r.name) else {
+            continue;
+        };
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: valid out-pointer.
         unsafe { libc::getrlimit(res, &mut cur) };
         // Raising a hard limit needs CAP_SYS_RESOURCE, which root lacks on some hosts: clamp
         // to the caller's hard limit instead of failing (see the brief's host notes).
         let hard = r.hard.min(cur.rlim_max);
-        let new = libc::rlimit { rlim_cur: r.soft.min(hard), rlim_max: hard };
+        let new = libc::rlimit {
+            rlim_cur: r.soft.min(hard),
+            rlim_max: hard,
+        };
         // SAFETY: valid pointer.
         if unsafe { libc::setrlimit(res, &new) } != 0 {
-            return Err(InitError::Rlimit { name: r.name.clone(), source: nix::Error::last() });
+            return Err(InitError::Rlimit {
+                name: r.name.clone(),
+                source: nix::Error::last(),
+            });
         }
-        debug!(name = r.name, soft = new.rlim_cur, hard = new.rlim_max, "rlimit set");
+        debug!(
+            name = r.name,
+            soft = new.rlim_cur,
+            hard = new.rlim_max,
+            "rlimit set"
+        );
     }
     Ok(())
 }
@@ -252,7 +285,10 @@ pub(crate) fn become_process(p: &ProcessSpec<'_>) -> Result<Infallible, InitErro
     let env = build_env(p.env, p.hostname, &u.home);
     let cwd = p.working_dir.unwrap_or("/");
     // Docker creates a missing working dir (as root, before the user switch).
-    std::fs::create_dir_all(cwd).map_err(|source| InitError::Workdir { dir: cwd.to_string(), source })?;
+    std::fs::create_dir_all(cwd).map_err(|source| InitError::Workdir {
+        dir: cwd.to_string(),
+        source,
+    })?;
     let exe = lookup(&p.args[0], &env)?;
     set_rlimits(p.rlimits)?;
     // Nothing from the shim or the caller may reach the workload (CVE-2024-21626): mark every
@@ -273,7 +309,11 @@ pub(crate) fn become_process(p: &ProcessSpec<'_>) -> Result<Infallible, InitErro
     user::switch(&u)?;
     // Docker gives a non-root user no effective or permitted capabilities; the bounding set
     // still limits what setuid binaries can gain.
-    capabilities::apply(if u.uid == 0 { p.caps } else { CapSet::default() })?;
+    capabilities::apply(if u.uid == 0 {
+        p.caps
+    } else {
+        CapSet::default()
+    })?;
     nix::unistd::chdir(cwd).map_err(sys(format!("change to working directory {cwd}")))?;
     if p.no_new_privileges {
         // SAFETY: prctl with integer arguments only.
@@ -286,14 +326,24 @@ pub(crate) fn become_process(p: &ProcessSpec<'_>) -> Result<Infallible, InitErro
         }
     }
 
-    let argv: Vec<CString> = p.args.iter().map(|a| CString::new(a.as_str()).unwrap_or_default()).collect();
-    let envp: Vec<CString> = env.iter().map(|e| CString::new(e.as_str()).unwrap_or_default()).collect();
+    let argv: Vec<CString> = p
+        .args
+        .iter()
+        .map(|a| CString::new(a.as_str()).unwrap_or_default())
+        .collect();
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|e| CString::new(e.as_str()).unwrap_or_default())
+        .collect();
     let path = CString::new(exe.as_str()).unwrap_or_default();
     if p.tiny_init {
         return crate::tiny_init::run(&path, &argv, &envp);
     }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
-    Err(InitError::Exec { path: exe, source: err })
+    Err(InitError::Exec {
+        path: exe,
+        source: err,
+    })
 }
 
 /// Sends the error chain down `fd` and exits: the end of a failed child.
@@ -312,14 +362,31 @@ mod tests {
     fn env_gets_docker_defaults() {
         let e = build_env(&["A=1".into(), "PATH=/x".into()], Some("web"), "/root");
         assert_eq!(e, vec!["HOSTNAME=web", "A=1", "PATH=/x", "HOME=/root"]);
-        let e = build_env(&["HOME=/h".into(), "A=1".into(), "A=2".into()], None, "/root");
-        assert_eq!(e, vec![format!("PATH={DEFAULT_PATH}"), "HOME=/h".into(), "A=2".into()]);
+        let e = build_env(
+            &["HOME=/h".into(), "A=1".into(), "A=2".into()],
+            None,
+            "/root",
+        );
+        assert_eq!(
+            e,
+            vec![
+                format!("PATH={DEFAULT_PATH}"),
+                "HOME=/h".into(),
+                "A=2".into()
+            ]
+        );
     }
 
     #[test]
     fn lookup_uses_path() {
         assert_eq!(lookup("/bin/x", &[]).unwrap(), "/bin/x");
-        assert_eq!(lookup("sh", &["PATH=/nonexistent:/bin".into()]).unwrap(), "/bin/sh");
-        assert!(matches!(lookup("no-such-cmd-xyz", &[]), Err(InitError::NotFound { .. })));
+        assert_eq!(
+            lookup("sh", &["PATH=/nonexistent:/bin".into()]).unwrap(),
+            "/bin/sh"
+        );
+        assert!(matches!(
+            lookup("no-such-cmd-xyz", &[]),
+            Err(InitError::NotFound { .. })
+        ));
     }
 }

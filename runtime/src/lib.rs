@@ -50,7 +50,9 @@ pub use container::{Container, Runtime, RuntimeError, Status};
 pub use exec::{ExecOutput, ExecSpec};
 pub use protocol::ErrorChain;
 pub use rootfs::{MASKED_PATHS, READONLY_PATHS};
-pub use spec::{ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs, Seccomp};
+pub use spec::{
+    ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs, Seccomp,
+};
 pub use state::ExitRecord;
 
 pub use nix::sys::signal::Signal;
@@ -61,7 +63,10 @@ pub use nix::sys::signal::Signal;
 pub fn hidden_main() -> Option<u8> {
     // args_os: a normal CLI start may have non-UTF-8 arguments, which `args()` would panic on.
     let mode = std::env::args_os().nth(1)?;
-    let rest: Vec<String> = std::env::args_os().skip(2).map(|a| a.to_string_lossy().into_owned()).collect();
+    let rest: Vec<String> = std::env::args_os()
+        .skip(2)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     match mode.to_str()? {
         shim::MODE => Some(shim::main(&rest)),
         exec::MODE => Some(exec::main(&rest)),

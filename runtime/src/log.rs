@@ -102,7 +102,9 @@ impl LogWriter {
         let rec = LogLine {
             log: String::from_utf8_lossy(line).into_owned(),
             stream: stream.name().to_string(),
-            time: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+            time: OffsetDateTime::now_utc()
+                .format(&Rfc3339)
+                .unwrap_or_default(),
         };
         let mut bytes = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
@@ -122,7 +124,10 @@ impl LogWriter {
             let _ = std::fs::rename(name(n), name(n + 1));
         }
         std::fs::rename(&self.path, name(1))?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -131,7 +136,10 @@ impl LogWriter {
 /// Reads every record of a log file (current file only).
 pub fn read_log(path: &Path) -> std::io::Result<Vec<LogLine>> {
     let text = std::fs::read_to_string(path)?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 #[cfg(test)]
@@ -149,9 +157,24 @@ mod tests {
         w.push(Stream::Stdout, b"tail").unwrap();
         w.flush_stream(Stream::Stdout).unwrap();
         let recs = read_log(&p).unwrap();
-        let got: Vec<(&str, &str)> = recs.iter().map(|r| (r.stream.as_str(), r.log.as_str())).collect();
-        assert_eq!(got, vec![("stdout", "a\n"), ("stderr", "err\n"), ("stdout", "bc\n"), ("stdout", "tail")]);
-        assert!(recs[0].time.ends_with('Z') && recs[0].time.len() >= 28, "{}", recs[0].time);
+        let got: Vec<(&str, &str)> = recs
+            .iter()
+            .map(|r| (r.stream.as_str(), r.log.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("stdout", "a\n"),
+                ("stderr", "err\n"),
+                ("stdout", "bc\n"),
+                ("stdout", "tail")
+            ]
+        );
+        assert!(
+            recs[0].time.ends_with('Z') && recs[0].time.len() >= 28,
+            "{}",
+            recs[0].time
+        );
     }
 
     #[test]
@@ -160,7 +183,8 @@ mod tests {
         let p = dir.path().join("c.log");
         let mut w = LogWriter::open(&p, Some(300), 2).unwrap();
         for i in 0..20 {
-            w.push(Stream::Stdout, format!("line {i}\n").as_bytes()).unwrap();
+            w.push(Stream::Stdout, format!("line {i}\n").as_bytes())
+                .unwrap();
         }
         assert!(std::fs::metadata(&p).unwrap().len() <= 300);
         assert!(dir.path().join("c.log.1").exists());

@@ -43,8 +43,12 @@ impl std::fmt::Display for ErrorChain {
 #[serde(rename_all = "snake_case")]
 pub enum ShimReport {
     /// The init execed the command (or berth's tiny init runs it); `pid` is the host pid.
-    Started { pid: i32 },
-    Failed { chain: ErrorChain },
+    Started {
+        pid: i32,
+    },
+    Failed {
+        chain: ErrorChain,
+    },
 }
 
 /// Writes one message and closes the pipe.
@@ -62,7 +66,9 @@ pub(crate) fn receive<T: for<'de> Deserialize<'de>>(fd: OwnedFd) -> std::io::Res
     if buf.is_empty() {
         return Ok(None);
     }
-    serde_json::from_slice(&buf).map(Some).map_err(std::io::Error::other)
+    serde_json::from_slice(&buf)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -84,7 +90,10 @@ mod tests {
     fn messages_cross_a_pipe() {
         let (r, w) = nix::unistd::pipe().unwrap();
         send(w, &ShimReport::Started { pid: 42 }).unwrap();
-        assert_eq!(receive::<ShimReport>(r).unwrap(), Some(ShimReport::Started { pid: 42 }));
+        assert_eq!(
+            receive::<ShimReport>(r).unwrap(),
+            Some(ShimReport::Started { pid: 42 })
+        );
         let (r, w) = nix::unistd::pipe().unwrap();
         drop(w);
         assert_eq!(receive::<ShimReport>(r).unwrap(), None);

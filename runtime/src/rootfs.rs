@@ -157,12 +157,32 @@ fn open_in_root(root: &OwnedFd, rel: &Path) -> std::io::Result<OwnedFd> {
 
 /// Opens `path` (absolute, inside the container) under `root`, creating missing directories
 /// (and the last component as a file when `dir` is false), without ever leaving `root`.
-pub(crate) fn ensure_in_root(root: &OwnedFd, path: &Path, dir: bool) -> Result<OwnedFd, RootfsError> {
+pub(crate) fn ensure_in_root(
+    root: &OwnedFd,
+    path: &Path,
+    dir: bool,
+) -> Result<OwnedFd, RootfsError> {
+    ensure_in_root_depth(root, path, dir, 0)
+}
+
+/// Symlinks followed while creating a path, as the kernel's own limit (`path_resolution(7)`).
+const MAX_LINKS: u32 = 40;
+
+fn ensure_in_root_depth(
+    root: &OwnedFd,
+    path: &Path,
+    dir: bool,
+    depth: u32,
+) -> Result<OwnedFd, RootfsError> {
     let mut parts = Vec::new();
     for c in path.components() {
         match c {
             Component::Normal(n) => parts.push(n),
-            Component::ParentDir => return Err(RootfsError::Escape { path: path.to_path_buf() }),
+            Component::ParentDir => {
+                return Err(RootfsError::Escape {
+                    path: path.to_path_buf(),
+                })
+            }
             _ => {}
         }
     }
@@ -184,7 +204,11 @@ pub(crate) fn ensure_in_root(root: &OwnedFd, path: &Path, dir: bool) -> Result<O
                         let fd = libc::openat(
                             cur.as_raw_fd(),
                             cname.as_ptr(),
-                            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                            libc::O_CREAT
+                                | libc::O_EXCL
+                                | libc::O_WRONLY
+                                | libc::O_NOFOLLOW
+                                | libc::O_CLOEXEC,
                             0o644,
                         );
                         if fd >= 0 {
@@ -198,7 +222,34 @@ pub(crate) fn ensure_in_root(root: &OwnedFd, path: &Path, dir: bool) -> Result<O
                 if rc < 0 {
                     let err = std::io::Error::last_os_error();
                     if err.raw_os_error() != Some(libc::EEXIST) {
-                        return Err(RootfsError::Create { path: rel.clone(), source: err });
+                        return Err(RootfsError::Create {
+                            path: rel.clone(),
+                            source: err,
+                        });
+                    }
+                    // A dangling symlink: create its target instead, read as a path inside the
+                    // root (absolute targets are relative to the root), then go on from there.
+                    if let Ok(target) = nix::fcntl::readlinkat(&cur, Path::new(name)) {
+                        if depth >= MAX_LINKS {
+                            return Err(RootfsError::Create {
+                                path: rel.clone(),
+                                source: std::io::Error::from_raw_os_error(libc::ELOOP),
+                            });
+                        }
+                        let target = PathBuf::from(target);
+                        let mut next = if target.is_absolute() {
+                            target
+                        } else {
+                            rel.parent()
+                                .map(Path::to_path_buf)
+                                .unwrap_or_default()
+                                .join(target)
+                        };
+                        for rest in &parts[i + 1..] {
+                            next.push(rest);
+                        }
+                        let next = Path::new("/").join(lexical_clean(&next));
+                        return ensure_in_root_depth(root, &next, dir, depth + 1);
                     }
                 }
                 cur = open_in_root(root, &rel).map_err(|source| RootfsError::Resolve {
@@ -206,30 +257,65 @@ pub(crate) fn ensure_in_root(root: &OwnedFd, path: &Path, dir: bool) -> Result<O
                     source,
                 })?;
             }
-            Err(source) => return Err(RootfsError::Resolve { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(RootfsError::Resolve {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         }
     }
     Ok(cur)
 }
 
+/// Removes `.` and resolves `..` lexically, never above the root (as RESOLVE_IN_ROOT does).
+fn lexical_clean(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The overlay mount options, lowerdir top first. Returns the options and the dir to chdir
 /// into when the absolute form would pass the one-page limit on mount data (`mount(2)`).
-fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<(String, Option<PathBuf>), RootfsError> {
+fn overlay_options(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Result<(String, Option<PathBuf>), RootfsError> {
     for p in lower.iter().map(PathBuf::as_path).chain([upper, work]) {
         let s = p.to_string_lossy();
         if s.contains(':') || s.contains(',') {
-            return Err(RootfsError::BadLayerPath { path: p.to_path_buf() });
+            return Err(RootfsError::BadLayerPath {
+                path: p.to_path_buf(),
+            });
         }
     }
     let render = |base: Option<&Path>| -> String {
         let show = |p: &Path| -> String {
             match base {
-                Some(b) => p.strip_prefix(b).unwrap_or(p).to_string_lossy().into_owned(),
+                Some(b) => p
+                    .strip_prefix(b)
+                    .unwrap_or(p)
+                    .to_string_lossy()
+                    .into_owned(),
                 None => p.to_string_lossy().into_owned(),
             }
         };
         let lowers: Vec<String> = lower.iter().rev().map(|p| show(p)).collect();
-        format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), show(upper), show(work))
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            show(upper),
+            show(work)
+        )
     };
     let abs = render(None);
     if abs.len() < 4000 {
@@ -239,7 +325,10 @@ fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<(Stri
     let mut base = lower[0].parent().map(Path::to_path_buf).unwrap_or_default();
     for p in lower.iter().map(PathBuf::as_path).chain([upper, work]) {
         while !p.starts_with(&base) {
-            base = base.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+            base = base
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/"));
         }
     }
     Ok((render(Some(&base)), Some(base)))
@@ -247,9 +336,20 @@ fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<(Stri
 
 /// Mounts the root filesystem and everything under it, then pivots into it. `mountpoint` is
 /// the state dir's `rootfs` dir (used for overlay).
-pub(crate) fn prepare(spec: &ContainerSpec, mountpoint: &Path, cgroup: &CgroupView) -> Result<(), RootfsError> {
+pub(crate) fn prepare(
+    spec: &ContainerSpec,
+    mountpoint: &Path,
+    cgroup: &CgroupView,
+) -> Result<(), RootfsError> {
     // Nothing we mount may propagate back to the host (`mount_namespaces(7)`).
-    do_mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, Path::new("/"))?;
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+        Path::new("/"),
+    )?;
 
     let root_path: PathBuf = match &spec.rootfs {
         Rootfs::Overlay { lower, upper, work } => {
@@ -261,12 +361,26 @@ pub(crate) fn prepare(spec: &ContainerSpec, mountpoint: &Path, cgroup: &CgroupVi
                     source,
                 })?;
             }
-            do_mount(Some("overlay"), mountpoint, Some("overlay"), MsFlags::empty(), Some(&opts), mountpoint)?;
+            do_mount(
+                Some("overlay"),
+                mountpoint,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&opts),
+                mountpoint,
+            )?;
             let _ = nix::unistd::chdir("/");
             mountpoint.to_path_buf()
         }
         Rootfs::Dir(dir) => {
-            do_mount(Some(&dir.to_string_lossy()), dir, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, dir)?;
+            do_mount(
+                Some(&dir.to_string_lossy()),
+                dir,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                dir,
+            )?;
             dir.clone()
         }
     };
@@ -275,11 +389,21 @@ pub(crate) fn prepare(spec: &ContainerSpec, mountpoint: &Path, cgroup: &CgroupVi
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| RootfsError::Resolve { path: root_path.clone(), source: e.into() })?;
+    .map_err(|e| RootfsError::Resolve {
+        path: root_path.clone(),
+        source: e.into(),
+    })?;
 
     let nse = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
     let t = ensure_in_root(&root, Path::new("/proc"), true)?;
-    do_mount(Some("proc"), &fd_path(&t), Some("proc"), nse, None, Path::new("/proc"))?;
+    do_mount(
+        Some("proc"),
+        &fd_path(&t),
+        Some("proc"),
+        nse,
+        None,
+        Path::new("/proc"),
+    )?;
 
     let t = ensure_in_root(&root, Path::new("/dev"), true)?;
     do_mount(
@@ -297,7 +421,14 @@ pub(crate) fn prepare(spec: &ContainerSpec, mountpoint: &Path, cgroup: &CgroupVi
         sys_flags |= MsFlags::MS_RDONLY;
     }
     let t = ensure_in_root(&root, Path::new("/sys"), true)?;
-    do_mount(Some("sysfs"), &fd_path(&t), Some("sysfs"), sys_flags, None, Path::new("/sys"))?;
+    do_mount(
+        Some("sysfs"),
+        &fd_path(&t),
+        Some("sysfs"),
+        sys_flags,
+        None,
+        Path::new("/sys"),
+    )?;
     mount_cgroupfs(&root, cgroup, !spec.privileged)?;
 
     let mut mounts: Vec<&Mount> = spec.mounts.iter().collect();
@@ -309,10 +440,22 @@ pub(crate) fn prepare(spec: &ContainerSpec, mountpoint: &Path, cgroup: &CgroupVi
 
     // pivot_root(".", ".") stacks the old root on the new one; a lazy unmount then drops it
     // without needing a scratch dir (`pivot_root(2)`, NOTES).
-    nix::unistd::fchdir(&root).map_err(|source| RootfsError::Pivot { root: root_path.clone(), source })?;
-    nix::unistd::pivot_root(".", ".").map_err(|source| RootfsError::Pivot { root: root_path.clone(), source })?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(|source| RootfsError::Pivot { root: root_path.clone(), source })?;
-    nix::unistd::chdir("/").map_err(|source| RootfsError::Pivot { root: root_path.clone(), source })?;
+    nix::unistd::fchdir(&root).map_err(|source| RootfsError::Pivot {
+        root: root_path.clone(),
+        source,
+    })?;
+    nix::unistd::pivot_root(".", ".").map_err(|source| RootfsError::Pivot {
+        root: root_path.clone(),
+        source,
+    })?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|source| RootfsError::Pivot {
+        root: root_path.clone(),
+        source,
+    })?;
+    nix::unistd::chdir("/").map_err(|source| RootfsError::Pivot {
+        root: root_path.clone(),
+        source,
+    })?;
     debug!(root = %root_path.display(), "pivoted into rootfs");
     Ok(())
 }
@@ -334,15 +477,24 @@ fn populate_dev(root: &OwnedFd) -> Result<(), RootfsError> {
                 nix::sys::stat::Mode::from_bits_truncate(0o666),
                 nix::sys::stat::makedev(major, minor),
             )
-            .map_err(|e| RootfsError::Create { path: PathBuf::from("/dev").join(name), source: e.into() })?;
+            .map_err(|e| RootfsError::Create {
+                path: PathBuf::from("/dev").join(name),
+                source: e.into(),
+            })?;
         }
         for (name, target) in DEV_LINKS {
-            std::os::unix::fs::symlink(target, base.join(name))
-                .map_err(|source| RootfsError::Create { path: PathBuf::from("/dev").join(name), source })?;
+            std::os::unix::fs::symlink(target, base.join(name)).map_err(|source| {
+                RootfsError::Create {
+                    path: PathBuf::from("/dev").join(name),
+                    source,
+                }
+            })?;
         }
         for d in ["pts", "shm", "mqueue"] {
-            std::fs::create_dir(base.join(d))
-                .map_err(|source| RootfsError::Create { path: PathBuf::from("/dev").join(d), source })?;
+            std::fs::create_dir(base.join(d)).map_err(|source| RootfsError::Create {
+                path: PathBuf::from("/dev").join(d),
+                source,
+            })?;
         }
         Ok(())
     })();
@@ -358,47 +510,109 @@ fn populate_dev(root: &OwnedFd) -> Result<(), RootfsError> {
         Path::new("/dev/pts"),
     )?;
     let nse = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    do_mount(Some("shm"), &base.join("shm"), Some("tmpfs"), nse, Some("mode=1777,size=65536k"), Path::new("/dev/shm"))?;
-    do_mount(Some("mqueue"), &base.join("mqueue"), Some("mqueue"), nse, None, Path::new("/dev/mqueue"))?;
+    do_mount(
+        Some("shm"),
+        &base.join("shm"),
+        Some("tmpfs"),
+        nse,
+        Some("mode=1777,size=65536k"),
+        Path::new("/dev/shm"),
+    )?;
+    do_mount(
+        Some("mqueue"),
+        &base.join("mqueue"),
+        Some("mqueue"),
+        nse,
+        None,
+        Path::new("/dev/mqueue"),
+    )?;
     Ok(())
 }
 
 fn mount_cgroupfs(root: &OwnedFd, view: &CgroupView, read_only: bool) -> Result<(), RootfsError> {
     let shown = Path::new("/sys/fs/cgroup");
-    let t = open_in_root(root, Path::new("sys/fs/cgroup")).map_err(|source| RootfsError::Resolve {
-        path: shown.to_path_buf(),
-        source,
-    })?;
+    let t =
+        open_in_root(root, Path::new("sys/fs/cgroup")).map_err(|source| RootfsError::Resolve {
+            path: shown.to_path_buf(),
+            source,
+        })?;
     let nse = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    let ro = if read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let ro = if read_only {
+        MsFlags::MS_RDONLY
+    } else {
+        MsFlags::empty()
+    };
     match view {
         CgroupView::V2 => {
-            do_mount(Some("cgroup2"), &fd_path(&t), Some("cgroup2"), nse | ro, None, shown)?;
+            do_mount(
+                Some("cgroup2"),
+                &fd_path(&t),
+                Some("cgroup2"),
+                nse | ro,
+                None,
+                shown,
+            )?;
         }
         CgroupView::V1 { binds, links } => {
-            do_mount(Some("tmpfs"), &fd_path(&t), Some("tmpfs"), nse, Some("mode=755"), shown)?;
-            let t = open_in_root(root, Path::new("sys/fs/cgroup")).map_err(|source| RootfsError::Resolve {
-                path: shown.to_path_buf(),
-                source,
+            do_mount(
+                Some("tmpfs"),
+                &fd_path(&t),
+                Some("tmpfs"),
+                nse,
+                Some("mode=755"),
+                shown,
+            )?;
+            let t = open_in_root(root, Path::new("sys/fs/cgroup")).map_err(|source| {
+                RootfsError::Resolve {
+                    path: shown.to_path_buf(),
+                    source,
+                }
             })?;
             let base = fd_path(&t);
             for (name, host_dir) in binds {
                 let target = base.join(name);
-                std::fs::create_dir(&target)
-                    .map_err(|source| RootfsError::Create { path: shown.join(name), source })?;
-                do_mount(Some(&host_dir.to_string_lossy()), &target, None, MsFlags::MS_BIND, None, &shown.join(name))?;
+                std::fs::create_dir(&target).map_err(|source| RootfsError::Create {
+                    path: shown.join(name),
+                    source,
+                })?;
+                do_mount(
+                    Some(&host_dir.to_string_lossy()),
+                    &target,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                    &shown.join(name),
+                )?;
                 if read_only {
                     // A bind mount ignores MS_RDONLY on creation; only a remount makes it
                     // read-only. youki skipped this and left limits writable (runtime-eval 1.6).
-                    do_mount(None, &target, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | nse | ro, None, &shown.join(name))?;
+                    do_mount(
+                        None,
+                        &target,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | nse | ro,
+                        None,
+                        &shown.join(name),
+                    )?;
                 }
             }
             for (link, target) in links {
-                std::os::unix::fs::symlink(target, base.join(link))
-                    .map_err(|source| RootfsError::Create { path: shown.join(link), source })?;
+                std::os::unix::fs::symlink(target, base.join(link)).map_err(|source| {
+                    RootfsError::Create {
+                        path: shown.join(link),
+                        source,
+                    }
+                })?;
             }
             if read_only {
-                do_mount(None, &base, None, MsFlags::MS_REMOUNT | nse | ro, Some("mode=755"), shown)?;
+                do_mount(
+                    None,
+                    &base,
+                    None,
+                    MsFlags::MS_REMOUNT | nse | ro,
+                    Some("mode=755"),
+                    shown,
+                )?;
             }
         }
     }
@@ -407,10 +621,24 @@ fn mount_cgroupfs(root: &OwnedFd, view: &CgroupView, read_only: bool) -> Result<
 
 fn user_mount(root: &OwnedFd, m: &Mount) -> Result<(), RootfsError> {
     match m {
-        Mount::Bind { source, target, read_only } => {
-            let meta = std::fs::metadata(source).map_err(|e| RootfsError::Source { path: source.clone(), source: e })?;
+        Mount::Bind {
+            source,
+            target,
+            read_only,
+        } => {
+            let meta = std::fs::metadata(source).map_err(|e| RootfsError::Source {
+                path: source.clone(),
+                source: e,
+            })?;
             let t = ensure_in_root(root, target, meta.is_dir())?;
-            do_mount(Some(&source.to_string_lossy()), &fd_path(&t), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, target)?;
+            do_mount(
+                Some(&source.to_string_lossy()),
+                &fd_path(&t),
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                target,
+            )?;
             if *read_only {
                 // Re-open: the old fd still names the covered dir, not the new mount.
                 let t = ensure_in_root(root, target, meta.is_dir())?;
@@ -424,7 +652,14 @@ fn user_mount(root: &OwnedFd, m: &Mount) -> Result<(), RootfsError> {
                 data.push_str(&format!(",size={s}"));
             }
             let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            do_mount(Some("tmpfs"), &fd_path(&t), Some("tmpfs"), flags, Some(&data), target)?;
+            do_mount(
+                Some("tmpfs"),
+                &fd_path(&t),
+                Some("tmpfs"),
+                flags,
+                Some(&data),
+                target,
+            )?;
         }
     }
     Ok(())
@@ -453,13 +688,18 @@ fn remount_ro(path: &Path, shown: &Path) -> Result<(), RootfsError> {
 /// After pivot_root and sysctls: masked paths, read-only paths, read-only root.
 pub(crate) fn finish(spec: &ContainerSpec) -> Result<(), RootfsError> {
     if !spec.privileged {
-        let null = std::fs::File::open("/dev/null")
-            .map_err(|source| RootfsError::Resolve { path: "/dev/null".into(), source })?;
+        let null = std::fs::File::open("/dev/null").map_err(|source| RootfsError::Resolve {
+            path: "/dev/null".into(),
+            source,
+        })?;
         // The source of every file mask must really be the null device, or a crafted /dev/null
         // would unmask the path (CVE-2025-31133).
         {
             use std::os::unix::fs::{FileTypeExt, MetadataExt};
-            let md = null.metadata().map_err(|source| RootfsError::Resolve { path: "/dev/null".into(), source })?;
+            let md = null.metadata().map_err(|source| RootfsError::Resolve {
+                path: "/dev/null".into(),
+                source,
+            })?;
             if !md.file_type().is_char_device() || md.rdev() != nix::sys::stat::makedev(1, 3) {
                 return Err(RootfsError::FakeDevNull);
             }
@@ -467,11 +707,27 @@ pub(crate) fn finish(spec: &ContainerSpec) -> Result<(), RootfsError> {
         let null_path = PathBuf::from(format!("/proc/self/fd/{}", null.as_raw_fd()));
         for p in MASKED_PATHS {
             let path = Path::new(p);
-            let Ok(md) = std::fs::symlink_metadata(path) else { continue };
+            let Ok(md) = std::fs::symlink_metadata(path) else {
+                continue;
+            };
             if md.is_dir() {
-                do_mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None, path)?;
+                do_mount(
+                    Some("tmpfs"),
+                    path,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None,
+                    path,
+                )?;
             } else {
-                do_mount(Some(&null_path.to_string_lossy()), path, None, MsFlags::MS_BIND, None, path)?;
+                do_mount(
+                    Some(&null_path.to_string_lossy()),
+                    path,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                    path,
+                )?;
             }
         }
         for p in READONLY_PATHS {
@@ -479,7 +735,14 @@ pub(crate) fn finish(spec: &ContainerSpec) -> Result<(), RootfsError> {
             if std::fs::symlink_metadata(path).is_err() {
                 continue;
             }
-            do_mount(Some(p), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, path)?;
+            do_mount(
+                Some(p),
+                path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+                path,
+            )?;
             remount_ro(path, path)?;
         }
     }
@@ -506,7 +769,12 @@ mod tests {
         let lower: Vec<PathBuf> = (0..200)
             .map(|i| PathBuf::from(format!("/var/lib/berth/image/layers/sha256-{i:064}/fs")))
             .collect();
-        let (o, base) = overlay_options(&lower, Path::new("/var/lib/berth/c/x/up"), Path::new("/var/lib/berth/c/x/work")).unwrap();
+        let (o, base) = overlay_options(
+            &lower,
+            Path::new("/var/lib/berth/c/x/up"),
+            Path::new("/var/lib/berth/c/x/work"),
+        )
+        .unwrap();
         assert_eq!(base, Some(PathBuf::from("/var/lib/berth")));
         assert!(o.starts_with("lowerdir=image/layers/sha256-"));
         assert!(o.ends_with(",upperdir=c/x/up,workdir=c/x/work"));

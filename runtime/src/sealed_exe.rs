@@ -27,7 +27,8 @@ pub(crate) fn sealed_copy(path: &Path) -> std::io::Result<Arc<OwnedFd>> {
     let started = std::time::Instant::now();
     let name = c"berth-helper";
     // SAFETY: valid C string and flags.
-    let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -51,8 +51,12 @@ pub(crate) fn main(args: &[String]) -> u8 {
             return 1;
         }
     }
-    // SAFETY: prctl with integer arguments only. Orphans of exec'd processes come to us.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: prctl with integer arguments / a static name. Orphans of exec'd processes come
+    // to us; the name replaces the memfd's fd number in `ps`.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NAME, c"berth-shim".as_ptr(), 0, 0, 0);
+    }
     let state = StateDir::new(Path::new(root), id);
     match start(&state) {
         Ok(running) => {
@@ -89,18 +93,26 @@ fn start(state: &StateDir) -> Result<Running, ErrorChain> {
     let spec: ContainerSpec = StateDir::read_json(&state.spec())
         .map_err(|e| chain_of("cannot read spec.json", &e))?
         .ok_or_else(|| ErrorChain(vec!["spec.json is missing".into()]))?;
-    let caps = spec.capabilities().map_err(|e| chain_of("invalid spec", &e))?;
+    let caps = spec
+        .capabilities()
+        .map_err(|e| chain_of("invalid spec", &e))?;
     let seccomp = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
-        let bytes = std::fs::read(state.seccomp()).map_err(|e| chain_of("cannot read seccomp.bpf", &e))?;
+        let bytes =
+            std::fs::read(state.seccomp()).map_err(|e| chain_of("cannot read seccomp.bpf", &e))?;
         Some(SeccompProgram::from_bytes(&bytes).map_err(|e| chain_of("invalid seccomp.bpf", &e))?)
     } else {
         None
     };
     let log_path = spec.log.path.clone().unwrap_or_else(|| state.default_log());
-    let log = LogWriter::open(&log_path, spec.log.max_size, spec.log.max_files.unwrap_or(1))
-        .map_err(|e| chain_of(&format!("cannot open log file {}", log_path.display()), &e))?;
+    let log = LogWriter::open(
+        &log_path,
+        spec.log.max_size,
+        spec.log.max_files.unwrap_or(1),
+    )
+    .map_err(|e| chain_of(&format!("cannot open log file {}", log_path.display()), &e))?;
     if matches!(spec.rootfs, Rootfs::Overlay { .. }) {
-        std::fs::create_dir_all(state.rootfs()).map_err(|e| chain_of("cannot create the rootfs mountpoint", &e))?;
+        std::fs::create_dir_all(state.rootfs())
+            .map_err(|e| chain_of("cannot create the rootfs mountpoint", &e))?;
     }
 
     let cgroup = cgroups::open(spec.id.as_str()).map_err(|e| chain_of("cannot open cgroup", &e))?;
@@ -109,7 +121,13 @@ fn start(state: &StateDir) -> Result<Running, ErrorChain> {
         return Err(chain_of("cannot create cgroup", &e));
     }
     match spawn_init(&spec, state, cgroup.as_ref(), caps, seccomp.as_ref()) {
-        Ok((pid, stdout, stderr)) => Ok(Running { pid, cgroup, stdout, stderr, log }),
+        Ok((pid, stdout, stderr)) => Ok(Running {
+            pid,
+            cgroup,
+            stdout,
+            stderr,
+            log,
+        }),
         Err(e) => {
             let _ = cgroup.kill_all();
             let _ = cgroup.remove();
@@ -133,31 +151,34 @@ fn spawn_init(
     let (err_r, err_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let (fail_r, fail_w) = pipe()?;
-    let devnull = std::fs::File::open("/dev/null").map_err(|e| chain_of("cannot open /dev/null", &e))?;
+    let devnull =
+        std::fs::File::open("/dev/null").map_err(|e| chain_of("cannot open /dev/null", &e))?;
     // The next child is PID 1 of a new pid namespace; the shim itself stays outside.
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| chain_of("cannot unshare the pid namespace", &e))?;
+    unshare(CloneFlags::CLONE_NEWPID)
+        .map_err(|e| chain_of("cannot unshare the pid namespace", &e))?;
     // SAFETY: the shim is single-threaded.
-    let child = match unsafe { fork() }.map_err(|e| chain_of("cannot fork the container init", &e))? {
-        ForkResult::Child => {
-            drop((out_r, err_r, go_w, fail_r));
-            let _ = nix::unistd::dup2_stdin(devnull.as_fd());
-            let _ = nix::unistd::dup2_stdout(out_w.as_fd());
-            let _ = nix::unistd::dup2_stderr(err_w.as_fd());
-            drop((out_w, err_w, devnull));
-            let ctx = InitContext {
-                spec,
-                rootfs_mountpoint: state.rootfs(),
-                view: cgroup.view(),
-                cgroupns: cgroup.wants_cgroupns(),
-                seccomp,
-                caps,
-                go: go_r,
-            };
-            let Err(e) = init::run(ctx);
-            init::fail(fail_w, &e);
-        }
-        ForkResult::Parent { child } => child,
-    };
+    let child =
+        match unsafe { fork() }.map_err(|e| chain_of("cannot fork the container init", &e))? {
+            ForkResult::Child => {
+                drop((out_r, err_r, go_w, fail_r));
+                let _ = nix::unistd::dup2_stdin(devnull.as_fd());
+                let _ = nix::unistd::dup2_stdout(out_w.as_fd());
+                let _ = nix::unistd::dup2_stderr(err_w.as_fd());
+                drop((out_w, err_w, devnull));
+                let ctx = InitContext {
+                    spec,
+                    rootfs_mountpoint: state.rootfs(),
+                    view: cgroup.view(),
+                    cgroupns: cgroup.wants_cgroupns(),
+                    seccomp,
+                    caps,
+                    go: go_r,
+                };
+                let Err(e) = init::run(ctx);
+                init::fail(fail_w, &e);
+            }
+            ForkResult::Parent { child } => child,
+        };
     drop((out_w, err_w, go_r, fail_w, devnull));
     let abort = |chain: ErrorChain| {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
@@ -205,14 +226,21 @@ fn supervise(state: &StateDir, mut r: Running) {
         }
     };
     // Reap anything else re-parented to us (we are a subreaper).
-    while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {}
+    while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+        waitpid(None, Some(WaitPidFlag::WNOHANG))
+    {}
     let oom_killed = r.cgroup.oom_killed().unwrap_or(false);
     let (code, signal) = match status {
         WaitStatus::Exited(_, c) => (c, None),
         WaitStatus::Signaled(_, s, _) => (128 + s as i32, Some(s as i32)),
         _ => (255, None),
     };
-    let exit = ExitRecord { code, signal, oom_killed, finished_at: now_rfc3339() };
+    let exit = ExitRecord {
+        code,
+        signal,
+        oom_killed,
+        finished_at: now_rfc3339(),
+    };
     debug!(?exit, "container exited");
     if let Err(e) = StateDir::write_json(&state.exit(), &exit) {
         eprintln!("berth shim: cannot write exit.json: {e}");
@@ -229,7 +257,11 @@ fn pump_logs(r: &mut Running) {
         let mut pfds: Vec<libc::pollfd> = fds
             .iter()
             .zip(open)
-            .map(|(fd, o)| libc::pollfd { fd: if o { *fd } else { -1 }, events: libc::POLLIN, revents: 0 })
+            .map(|(fd, o)| libc::pollfd {
+                fd: if o { *fd } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            })
             .collect();
         // SAFETY: valid array of pollfd.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
@@ -243,7 +275,11 @@ fn pump_logs(r: &mut Running) {
             if !open[i] || p.revents == 0 {
                 continue;
             }
-            let stream = if i == 0 { Stream::Stdout } else { Stream::Stderr };
+            let stream = if i == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
             let fd = if i == 0 { &r.stdout } else { &r.stderr };
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) | Err(_) => {

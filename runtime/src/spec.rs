@@ -27,7 +27,8 @@ impl ContainerId {
         let ok = !s.is_empty()
             && s.len() <= 128
             && s.as_bytes()[0].is_ascii_alphanumeric()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if ok {
             Ok(Self(s))
         } else {
@@ -266,7 +267,9 @@ pub enum SpecError {
     Signal { id: ContainerId, signal: String },
     #[error("container {id}: unknown rlimit {name:?}")]
     Rlimit { id: ContainerId, name: String },
-    #[error("container {id}: sysctl {key:?} is not namespaced or not allowed with this network mode")]
+    #[error(
+        "container {id}: sysctl {key:?} is not namespaced or not allowed with this network mode"
+    )]
     Sysctl { id: ContainerId, key: String },
     #[error("container {id}: environment entry {entry:?} has no '='")]
     Env { id: ContainerId, entry: String },
@@ -288,31 +291,37 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
         return Signal::try_from(n).ok();
     }
     let up = s.trim().to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     Signal::from_str(&name).ok()
 }
 
 /// Maps Docker's rlimit names to `RLIMIT_*`.
 pub(crate) fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
-    Some(match name.to_ascii_lowercase().trim_start_matches("rlimit_") {
-        "as" => libc::RLIMIT_AS,
-        "core" => libc::RLIMIT_CORE,
-        "cpu" => libc::RLIMIT_CPU,
-        "data" => libc::RLIMIT_DATA,
-        "fsize" => libc::RLIMIT_FSIZE,
-        "locks" => libc::RLIMIT_LOCKS,
-        "memlock" => libc::RLIMIT_MEMLOCK,
-        "msgqueue" => libc::RLIMIT_MSGQUEUE,
-        "nice" => libc::RLIMIT_NICE,
-        "nofile" => libc::RLIMIT_NOFILE,
-        "nproc" => libc::RLIMIT_NPROC,
-        "rss" => libc::RLIMIT_RSS,
-        "rtprio" => libc::RLIMIT_RTPRIO,
-        "rttime" => libc::RLIMIT_RTTIME,
-        "sigpending" => libc::RLIMIT_SIGPENDING,
-        "stack" => libc::RLIMIT_STACK,
-        _ => return None,
-    })
+    Some(
+        match name.to_ascii_lowercase().trim_start_matches("rlimit_") {
+            "as" => libc::RLIMIT_AS,
+            "core" => libc::RLIMIT_CORE,
+            "cpu" => libc::RLIMIT_CPU,
+            "data" => libc::RLIMIT_DATA,
+            "fsize" => libc::RLIMIT_FSIZE,
+            "locks" => libc::RLIMIT_LOCKS,
+            "memlock" => libc::RLIMIT_MEMLOCK,
+            "msgqueue" => libc::RLIMIT_MSGQUEUE,
+            "nice" => libc::RLIMIT_NICE,
+            "nofile" => libc::RLIMIT_NOFILE,
+            "nproc" => libc::RLIMIT_NPROC,
+            "rss" => libc::RLIMIT_RSS,
+            "rtprio" => libc::RLIMIT_RTPRIO,
+            "rttime" => libc::RLIMIT_RTTIME,
+            "sigpending" => libc::RLIMIT_SIGPENDING,
+            "stack" => libc::RLIMIT_STACK,
+            _ => return None,
+        },
+    )
 }
 
 impl ContainerSpec {
@@ -392,19 +401,28 @@ impl ContainerSpec {
         }
         if let Some(dir) = &self.working_dir {
             if !dir.starts_with('/') {
-                return Err(SpecError::RelativeWorkdir { id: id(), dir: dir.clone() });
+                return Err(SpecError::RelativeWorkdir {
+                    id: id(),
+                    dir: dir.clone(),
+                });
             }
         }
         for e in &self.env {
             if !e.contains('=') {
-                return Err(SpecError::Env { id: id(), entry: e.clone() });
+                return Err(SpecError::Env {
+                    id: id(),
+                    entry: e.clone(),
+                });
             }
         }
         self.stop_signal()?;
         self.capabilities()?;
         for r in &self.rlimits {
             if rlimit_resource(&r.name).is_none() {
-                return Err(SpecError::Rlimit { id: id(), name: r.name.clone() });
+                return Err(SpecError::Rlimit {
+                    id: id(),
+                    name: r.name.clone(),
+                });
             }
         }
         if let Some(c) = self.limits.cpus {
@@ -419,7 +437,10 @@ impl ContainerSpec {
                 || key.starts_with("fs.mqueue.");
             let net = key.starts_with("net.") && self.network != Network::Host;
             if !(ipc || net) || key.contains("..") || key.contains('/') {
-                return Err(SpecError::Sysctl { id: id(), key: key.clone() });
+                return Err(SpecError::Sysctl {
+                    id: id(),
+                    key: key.clone(),
+                });
             }
         }
         Ok(())
@@ -450,10 +471,16 @@ mod tests {
     #[test]
     fn spec_round_trips_through_json() {
         let mut s = spec();
-        s.mounts.push(Mount::Tmpfs { target: "/run".into(), size: Some(1 << 20), mode: None });
+        s.mounts.push(Mount::Tmpfs {
+            target: "/run".into(),
+            size: Some(1 << 20),
+            mode: None,
+        });
         s.network = Network::Join("/run/netns/bt0".into());
-        s.labels.insert("com.docker.compose.service".into(), "web".into());
-        let back: ContainerSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        s.labels
+            .insert("com.docker.compose.service".into(), "web".into());
+        let back: ContainerSpec =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
 
@@ -472,7 +499,10 @@ mod tests {
         assert!(matches!(s.validate(), Err(SpecError::Sysctl { .. })));
         let mut s = spec();
         s.tty = true;
-        assert!(matches!(s.validate(), Err(SpecError::TtyUnsupported { .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::TtyUnsupported { .. })
+        ));
     }
 
     #[test]

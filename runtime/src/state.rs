@@ -75,7 +75,9 @@ impl StateDir {
 
     pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
         match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(std::io::Error::other),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(std::io::Error::other),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -84,7 +86,10 @@ impl StateDir {
     /// Atomic write: temp file in the same dir, fsync-free rename.
     pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, path)
     }
 }
@@ -99,8 +104,12 @@ pub fn pid_start_time(pid: i32) -> Option<u64> {
 
 /// Whether `pid` is alive and is the process that started at `start` (not a zombie).
 pub fn pid_alive(pid: i32, start: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let Some(close) = stat.rfind(')') else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
     let rest = &stat[close + 2..];
     let state = rest.split(' ').next().unwrap_or("");
     state != "Z" && state != "X" && pid_start_time(pid) == Some(start)
@@ -128,10 +137,18 @@ mod tests {
     fn json_round_trip_is_atomic() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("exit.json");
-        let rec = ExitRecord { code: 137, signal: Some(9), oom_killed: true, finished_at: now_rfc3339() };
+        let rec = ExitRecord {
+            code: 137,
+            signal: Some(9),
+            oom_killed: true,
+            finished_at: now_rfc3339(),
+        };
         StateDir::write_json(&p, &rec).unwrap();
         assert_eq!(StateDir::read_json::<ExitRecord>(&p).unwrap(), Some(rec));
         assert!(!p.with_extension("tmp").exists());
-        assert_eq!(StateDir::read_json::<ExitRecord>(&d.path().join("none")).unwrap(), None);
+        assert_eq!(
+            StateDir::read_json::<ExitRecord>(&d.path().join("none")).unwrap(),
+            None
+        );
     }
 }

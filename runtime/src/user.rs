@@ -43,18 +43,20 @@ struct PasswdEntry<'a> {
 }
 
 fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
-    text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() < 6 {
-            return None;
-        }
-        Some(PasswdEntry {
-            name: f[0],
-            uid: f[2].parse().ok()?,
-            gid: f[3].parse().ok()?,
-            home: f[5],
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 6 {
+                return None;
+            }
+            Some(PasswdEntry {
+                name: f[0],
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: f[5],
+            })
         })
-    })
 }
 
 struct GroupEntry<'a> {
@@ -64,20 +66,27 @@ struct GroupEntry<'a> {
 }
 
 fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
-    text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        if f.len() < 3 {
-            return None;
-        }
-        Some(GroupEntry {
-            name: f[0],
-            gid: f[2].parse().ok()?,
-            members: f
-                .get(3)
-                .map(|m| m.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
-                .unwrap_or_default(),
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 3 {
+                return None;
+            }
+            Some(GroupEntry {
+                name: f[0],
+                gid: f[2].parse().ok()?,
+                members: f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
         })
-    })
 }
 
 /// Resolves `user` (`""`/`None` = root, `name`, `uid`, `uid:gid`, `name:group`) as Docker does.
@@ -93,7 +102,9 @@ pub fn resolve(user: Option<&str>, passwd: &str, group: &str) -> Result<ExecUser
         Err(_) => Some(
             passwd_entries(passwd)
                 .find(|e| e.name == u)
-                .ok_or_else(|| UserError::UnknownUser { name: u.to_string() })?,
+                .ok_or_else(|| UserError::UnknownUser {
+                    name: u.to_string(),
+                })?,
         ),
     };
     let uid = match (&found, u.parse::<u32>()) {
@@ -101,7 +112,10 @@ pub fn resolve(user: Option<&str>, passwd: &str, group: &str) -> Result<ExecUser
         (Some(e), Err(_)) => e.uid,
         (None, Err(_)) => unreachable!("named users are found or rejected above"),
     };
-    let home = found.as_ref().map(|e| e.home.to_string()).filter(|h| !h.is_empty());
+    let home = found
+        .as_ref()
+        .map(|e| e.home.to_string())
+        .filter(|h| !h.is_empty());
     let mut gid = found.as_ref().map(|e| e.gid).unwrap_or(0);
     if let Some(g) = g.filter(|g| !g.is_empty()) {
         gid = match g.parse::<u32>() {
@@ -109,13 +123,18 @@ pub fn resolve(user: Option<&str>, passwd: &str, group: &str) -> Result<ExecUser
             Err(_) => group_entries(group)
                 .find(|e| e.name == g)
                 .map(|e| e.gid)
-                .ok_or_else(|| UserError::UnknownGroup { name: g.to_string() })?,
+                .ok_or_else(|| UserError::UnknownGroup {
+                    name: g.to_string(),
+                })?,
         };
     }
     let mut additional_gids = Vec::new();
     if let Some(e) = &found {
         for grp in group_entries(group) {
-            if grp.members.contains(&e.name) && grp.gid != gid && !additional_gids.contains(&grp.gid) {
+            if grp.members.contains(&e.name)
+                && grp.gid != gid
+                && !additional_gids.contains(&grp.gid)
+            {
                 additional_gids.push(grp.gid);
             }
         }
@@ -140,7 +159,11 @@ pub(crate) fn resolve_in_current_root(user: Option<&str>) -> Result<ExecUser, Us
 /// (`capabilities(7)`, PR_SET_KEEPCAPS) so they can be set explicitly afterwards.
 pub(crate) fn switch(u: &ExecUser) -> Result<(), UserError> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-    let err = |source| UserError::Switch { uid: u.uid, gid: u.gid, source };
+    let err = |source| UserError::Switch {
+        uid: u.uid,
+        gid: u.gid,
+        source,
+    };
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) };
     let mut groups: Vec<Gid> = vec![Gid::from_raw(u.gid)];
@@ -161,7 +184,8 @@ mod tests {
     use super::*;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/usr/sbin:/bin/false\nwww:x:33:33:www:/var/www:/bin/sh\nnohome:x:70:70::::\n";
-    const GROUP: &str = "root:x:0:\nbin:x:1:root,daemon\nwww:x:33:\nstaff:x:50:www,daemon\nadm:x:4:www\n";
+    const GROUP: &str =
+        "root:x:0:\nbin:x:1:root,daemon\nwww:x:33:\nstaff:x:50:www,daemon\nadm:x:4:www\n";
 
     #[test]
     fn root_by_default() {
@@ -193,8 +217,14 @@ mod tests {
         let u = resolve(Some("www:staff"), PASSWD, GROUP).unwrap();
         assert_eq!((u.uid, u.gid), (33, 50));
         assert_eq!(u.additional_gids, vec![4]);
-        assert!(matches!(resolve(Some("www:nogroup"), PASSWD, GROUP), Err(UserError::UnknownGroup { .. })));
-        assert!(matches!(resolve(Some("nobody"), PASSWD, GROUP), Err(UserError::UnknownUser { .. })));
+        assert!(matches!(
+            resolve(Some("www:nogroup"), PASSWD, GROUP),
+            Err(UserError::UnknownGroup { .. })
+        ));
+        assert!(matches!(
+            resolve(Some("nobody"), PASSWD, GROUP),
+            Err(UserError::UnknownUser { .. })
+        ));
         assert_eq!(resolve(Some("nohome"), PASSWD, GROUP).unwrap().home, "/");
     }
 }

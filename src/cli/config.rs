@@ -159,8 +159,99 @@ pub fn render(project: &Project, args: &ConfigArgs) -> anyhow::Result<String> {
     }
     Ok(match args.format {
         Format::Json => serde_json::to_string_pretty(&value).context("cannot print json")? + "\n",
-        Format::Yaml => serde_yaml_ng::to_string(&value).context("cannot print yaml")?,
+        Format::Yaml => yaml(&value),
     })
+}
+
+/// Print a JSON value as block-style YAML. Strings are quoted whenever a YAML 1.1 or 1.2
+/// reader could take them for something else (`no`, `on`, `1e3`, `0755`, `null`…), so the
+/// output reads back the same in docker compose (go-yaml) and in berth.
+pub fn yaml(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    match value {
+        serde_json::Value::Object(m) if !m.is_empty() => yaml_map(m, 0, &mut out),
+        serde_json::Value::Array(a) if !a.is_empty() => yaml_seq(a, 0, &mut out),
+        other => {
+            out.push_str(&yaml_scalar(other));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn yaml_map(m: &serde_json::Map<String, serde_json::Value>, indent: usize, out: &mut String) {
+    for (k, v) in m {
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&yaml_string(k));
+        out.push(':');
+        yaml_child(v, indent + 2, out);
+    }
+}
+
+fn yaml_seq(a: &[serde_json::Value], indent: usize, out: &mut String) {
+    for v in a {
+        out.push_str(&" ".repeat(indent));
+        out.push('-');
+        match v {
+            // A mapping item starts on the dash line: `- key: value`.
+            serde_json::Value::Object(m) if !m.is_empty() => {
+                let mut inner = String::new();
+                yaml_map(m, indent + 2, &mut inner);
+                out.push(' ');
+                out.push_str(inner.trim_start());
+            }
+            other => yaml_child(other, indent + 2, out),
+        }
+    }
+}
+
+fn yaml_child(v: &serde_json::Value, indent: usize, out: &mut String) {
+    match v {
+        serde_json::Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            yaml_map(m, indent, out);
+        }
+        serde_json::Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            yaml_seq(a, indent, out);
+        }
+        other => {
+            out.push(' ');
+            out.push_str(&yaml_scalar(other));
+            out.push('\n');
+        }
+    }
+}
+
+fn yaml_scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".into(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => yaml_string(s),
+        serde_json::Value::Array(_) => "[]".into(),
+        serde_json::Value::Object(_) => "{}".into(),
+    }
+}
+
+fn yaml_string(s: &str) -> String {
+    const AMBIGUOUS: &[&str] = &[
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~",
+    ];
+    let safe_chars = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_./@+-:".contains(&b));
+    let starts_ok = s
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'/');
+    let ambiguous = AMBIGUOUS.contains(&s.to_ascii_lowercase().as_str());
+    if safe_chars && starts_ok && !ambiguous && !s.ends_with(':') && !s.contains("::") {
+        s.to_string()
+    } else {
+        // JSON string syntax is valid YAML double-quoted syntax.
+        serde_json::Value::String(s.to_string()).to_string()
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +303,34 @@ mod tests {
         assert_eq!(json["services"]["web"]["ports"][0]["published"], "8080");
         assert_eq!(json["services"]["db"]["build"]["context"], "/srv/shop/db");
         assert_eq!(json["volumes"]["data"]["name"], "shop_data");
+    }
+
+    #[test]
+    fn yaml_output_reads_back_as_the_same_model() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/load");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir)
+            .expect("golden cases exist")
+            .flatten()
+        {
+            let Ok(text) = std::fs::read_to_string(entry.path().join("expected.json")) else {
+                continue;
+            };
+            let value: serde_json::Value = serde_json::from_str(&text).expect("golden json");
+            let printed = yaml(&value);
+            let back: serde_json::Value =
+                serde_yaml_ng::from_str(&printed).expect("our yaml parses");
+            assert_eq!(back, value, "{}:\n{printed}", entry.path().display());
+            checked += 1;
+        }
+        assert!(checked > 50);
+        let restart = yaml(
+            &serde_json::json!({"restart": "no", "a": "on", "v": "1.5", "o": "0755", "e": ""}),
+        );
+        assert_eq!(
+            restart,
+            "a: \"on\"\ne: \"\"\no: \"0755\"\nrestart: \"no\"\nv: \"1.5\"\n"
+        );
     }
 
     #[test]

@@ -58,7 +58,11 @@ pub struct PullArgs {
     #[arg(short, long)]
     pub quiet: bool,
     /// Registries reached over plain HTTP besides localhost and 127.0.0.0/8 (repeatable)
-    #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registries: Vec<String>,
 }
 
@@ -68,7 +72,11 @@ pub struct PushArgs {
     pub reference: String,
     #[arg(short, long)]
     pub quiet: bool,
-    #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRIES", value_delimiter = ',')]
+    #[arg(
+        long = "insecure-registry",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registries: Vec<String>,
 }
 
@@ -158,7 +166,8 @@ pub struct PruneArgs {
 }
 
 pub async fn run(g: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&g.root).with_context(|| format!("opening the image store in {}", g.root.display()))?;
+    let store = Store::open(&g.root)
+        .with_context(|| format!("opening the image store in {}", g.root.display()))?;
     match cmd {
         ImageCommand::Pull(a) => pull(g, &store, a).await,
         ImageCommand::Push(a) => push(g, &store, a).await,
@@ -201,7 +210,10 @@ pub async fn run(g: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> 
                 .filter(|i| !in_use.contains(&i.id) && !in_use.contains(&i.manifest_digest))
                 .map(|i| i.size)
                 .sum();
-            println!("{:<16}{:<8}{:<8}{:<12}RECLAIMABLE", "TYPE", "TOTAL", "ACTIVE", "SIZE");
+            println!(
+                "{:<16}{:<8}{:<8}{:<12}RECLAIMABLE",
+                "TYPE", "TOTAL", "ACTIVE", "SIZE"
+            );
             println!(
                 "{:<16}{:<8}{:<8}{:<12}{}",
                 "Images",
@@ -216,7 +228,8 @@ pub async fn run(g: &GlobalOpts, cmd: ImageCommand) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn run_images(g: &GlobalOpts, args: ImagesArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&g.root).with_context(|| format!("opening the image store in {}", g.root.display()))?;
+    let store = Store::open(&g.root)
+        .with_context(|| format!("opening the image store in {}", g.root.display()))?;
     list(&store, args)
 }
 
@@ -308,7 +321,13 @@ fn list(store: &Store, a: ImagesArgs) -> anyhow::Result<ExitCode> {
                 ids.insert(id.clone());
                 continue;
             }
-            rows.push([repo, tag, digest.clone(), id.clone(), format!("{created}\t{}", human_size(img.size))]);
+            rows.push([
+                repo,
+                tag,
+                digest.clone(),
+                id.clone(),
+                format!("{created}\t{}", human_size(img.size)),
+            ]);
         }
     }
     let mut out = std::io::stdout().lock();
@@ -322,16 +341,32 @@ fn list(store: &Store, a: ImagesArgs) -> anyhow::Result<ExitCode> {
     let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(3) + 3;
     let idw = if a.no_trunc { 74 } else { 15 };
     if a.digests {
-        writeln!(out, "{:<w0$}{:<w1$}{:<74}{:<idw$}{:<24}SIZE", "REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED")?;
+        writeln!(
+            out,
+            "{:<w0$}{:<w1$}{:<74}{:<idw$}{:<24}SIZE",
+            "REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED"
+        )?;
     } else {
-        writeln!(out, "{:<w0$}{:<w1$}{:<idw$}{:<24}SIZE", "REPOSITORY", "TAG", "IMAGE ID", "CREATED")?;
+        writeln!(
+            out,
+            "{:<w0$}{:<w1$}{:<idw$}{:<24}SIZE",
+            "REPOSITORY", "TAG", "IMAGE ID", "CREATED"
+        )?;
     }
     for r in rows {
         let (created, size) = r[4].split_once('\t').unwrap_or(("", ""));
         if a.digests {
-            writeln!(out, "{:<w0$}{:<w1$}{:<74}{:<idw$}{:<24}{size}", r[0], r[1], r[2], r[3], created)?;
+            writeln!(
+                out,
+                "{:<w0$}{:<w1$}{:<74}{:<idw$}{:<24}{size}",
+                r[0], r[1], r[2], r[3], created
+            )?;
         } else {
-            writeln!(out, "{:<w0$}{:<w1$}{:<idw$}{:<24}{size}", r[0], r[1], r[3], created)?;
+            writeln!(
+                out,
+                "{:<w0$}{:<w1$}{:<idw$}{:<24}{size}",
+                r[0], r[1], r[3], created
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -361,13 +396,19 @@ fn remove(g: &GlobalOpts, store: &Store, a: RmArgs) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn inspect(store: &Store, a: InspectArgs) -> anyhow::Result<ExitCode> {
     let mut out = Vec::new();
     for name in &a.images {
-        let img = store.get(name).with_context(|| format!("inspecting {name}"))?;
+        let img = store
+            .get(name)
+            .with_context(|| format!("inspecting {name}"))?;
         let refs: Vec<String> = store
             .list()?
             .into_iter()
@@ -378,7 +419,12 @@ fn inspect(store: &Store, a: InspectArgs) -> anyhow::Result<ExitCode> {
             .list()?
             .into_iter()
             .find(|s| s.manifest_digest == img.manifest_digest)
-            .map(|s| s.refs.iter().map(|r| format!("{}@{}", r.familiar_name(), img.manifest_digest)).collect())
+            .map(|s| {
+                s.refs
+                    .iter()
+                    .map(|r| format!("{}@{}", r.familiar_name(), img.manifest_digest))
+                    .collect()
+            })
             .unwrap_or_default();
         out.push(serde_json::json!({
             "Id": img.id,
@@ -405,7 +451,10 @@ fn inspect(store: &Store, a: InspectArgs) -> anyhow::Result<ExitCode> {
 
 fn history(store: &Store, a: HistoryArgs) -> anyhow::Result<ExitCode> {
     let img = store.get(&a.image)?;
-    println!("{:<15}{:<24}{:<48}{:<10}COMMENT", "IMAGE", "CREATED", "CREATED BY", "SIZE");
+    println!(
+        "{:<15}{:<24}{:<48}{:<10}COMMENT",
+        "IMAGE", "CREATED", "CREATED BY", "SIZE"
+    );
     // History is oldest first; non-empty entries map to layers in order.
     let mut layer = 0usize;
     let mut rows = Vec::new();
@@ -425,10 +474,19 @@ fn history(store: &Store, a: HistoryArgs) -> anyhow::Result<ExitCode> {
         if !a.no_trunc && by.chars().count() > 45 {
             by = by.chars().take(44).collect::<String>() + "…";
         }
-        rows.push((h.created.clone().unwrap_or_default(), by, human_size(size), h.comment.clone().unwrap_or_default()));
+        rows.push((
+            h.created.clone().unwrap_or_default(),
+            by,
+            human_size(size),
+            h.comment.clone().unwrap_or_default(),
+        ));
     }
     for (i, (created, by, size, comment)) in rows.into_iter().rev().enumerate() {
-        let id = if i == 0 { img.id.short().to_string() } else { "<missing>".into() };
+        let id = if i == 0 {
+            img.id.short().to_string()
+        } else {
+            "<missing>".into()
+        };
         println!("{id:<15}{created:<24}{by:<48}{size:<10}{comment}");
     }
     Ok(ExitCode::SUCCESS)
@@ -438,7 +496,8 @@ fn save(store: &Store, a: SaveArgs) -> anyhow::Result<ExitCode> {
     match &a.output {
         Some(p) => {
             let tmp = p.with_extension("berth-partial");
-            let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            let f = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
             let res = archive::save(store, &a.images, std::io::BufWriter::new(f));
             if let Err(e) = res {
                 let _ = std::fs::remove_file(&tmp);
@@ -449,7 +508,9 @@ fn save(store: &Store, a: SaveArgs) -> anyhow::Result<ExitCode> {
         None => {
             use std::io::IsTerminal;
             if std::io::stdout().is_terminal() {
-                bail!("refusing to write a tar archive to a terminal; use -o FILE or redirect stdout");
+                bail!(
+                    "refusing to write a tar archive to a terminal; use -o FILE or redirect stdout"
+                );
             }
             archive::save(store, &a.images, std::io::stdout().lock())?;
         }
@@ -458,14 +519,16 @@ fn save(store: &Store, a: SaveArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn load(store: &Store, a: LoadArgs) -> anyhow::Result<ExitCode> {
-    let loaded = archive::load(store, &a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    let loaded =
+        archive::load(store, &a.input).with_context(|| format!("loading {}", a.input.display()))?;
     let repo = a.name.as_deref().map(ImageRef::parse).transpose()?;
     for l in loaded {
         let mut refs = l.refs.clone();
         if refs.is_empty() {
             if let Some(repo) = &repo {
                 // Name the unnamed entry `<name>:<its ref.name tag or latest>`.
-                let tag = tag_annotation(&a.input, &l.image.manifest_digest).unwrap_or_else(|| "latest".into());
+                let tag = tag_annotation(&a.input, &l.image.manifest_digest)
+                    .unwrap_or_else(|| "latest".into());
                 let r = repo.with_tag(&tag)?;
                 store.tag(l.image.manifest_digest.as_str(), &r)?;
                 refs.push(r);
@@ -486,7 +549,8 @@ fn load(store: &Store, a: LoadArgs) -> anyhow::Result<ExitCode> {
 
 /// The `org.opencontainers.image.ref.name` of a manifest in an OCI layout directory.
 fn tag_annotation(layout: &Path, manifest: &Digest) -> Option<String> {
-    let idx: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
+    let idx: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
     idx["manifests"]
         .as_array()?
         .iter()
@@ -516,10 +580,14 @@ fn containers_in_use(root: &Path) -> InUse {
         return out;
     };
     for d in dirs.flatten() {
-        let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+        let Ok(files) = std::fs::read_dir(d.path()) else {
+            continue;
+        };
         for f in files.flatten() {
             if f.path().extension().is_some_and(|e| e == "json") {
-                if let Ok(Ok(v)) = std::fs::read(f.path()).map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+                if let Ok(Ok(v)) =
+                    std::fs::read(f.path()).map(|b| serde_json::from_slice::<serde_json::Value>(&b))
+                {
                     collect(&v, &mut out);
                 }
             }

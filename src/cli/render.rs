@@ -78,7 +78,7 @@ pub fn ps(rows: &[PsRow], quiet: bool, services: bool, format: &str) -> anyhow::
     let w_image = rows.iter().map(|r| r.image.len()).max().unwrap_or(0).max(5);
     let w_cmd = rows
         .iter()
-        .map(|r| r.command.chars().take(30).count() + 2)
+        .map(|r| one_line(&r.command).chars().take(30).count() + 2)
         .max()
         .unwrap_or(0)
         .max(7);
@@ -90,7 +90,7 @@ pub fn ps(rows: &[PsRow], quiet: bool, services: bool, format: &str) -> anyhow::
         "NAME", "IMAGE", "COMMAND", "SERVICE", "STATUS"
     )?;
     for r in rows {
-        let cmd: String = r.command.chars().take(30).collect();
+        let cmd: String = one_line(&r.command).chars().take(30).collect();
         writeln!(
             out,
             "{:<w_name$}   {:<w_image$}   {:<w_cmd$}   {:<w_svc$}   {:<w_status$}   {}",
@@ -103,6 +103,11 @@ pub fn ps(rows: &[PsRow], quiet: bool, services: bool, format: &str) -> anyhow::
         )?;
     }
     Ok(())
+}
+
+/// Commands are shown on one line, whitespace runs folded, as docker does.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];

@@ -17,7 +17,8 @@ use tracing::{debug, info};
 
 use super::digest::{Digest, HashingReader};
 use super::manifest::{
-    self, Descriptor, Document, History, ImageConfig, Manifest, ManifestError, Platform, RootFs, RunConfig,
+    self, Descriptor, Document, History, ImageConfig, Manifest, ManifestError, Platform, RootFs,
+    RunConfig,
 };
 use super::reference::{ImageRef, ReferenceError};
 use super::store::{Image, Store, StoreError};
@@ -35,7 +36,9 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is neither an OCI image layout (index.json) nor a docker archive (manifest.json)")]
+    #[error(
+        "{path} is neither an OCI image layout (index.json) nor a docker archive (manifest.json)"
+    )]
     UnknownFormat { path: PathBuf },
     #[error("{path}: invalid {what}")]
     Json {
@@ -100,7 +103,10 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Loaded>> {
     if meta.is_dir() {
         return load_dir(store, path, path);
     }
-    let tmp = store.dir().join("tmp").join(format!("load-{}", std::process::id()));
+    let tmp = store
+        .dir()
+        .join("tmp")
+        .join(format!("load-{}", std::process::id()));
     let _ = remove_all(&tmp);
     fs::create_dir_all(&tmp).map_err(io_err(&tmp, "create temp dir"))?;
     let guard = TempDir(tmp.clone());
@@ -109,7 +115,12 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Loaded>> {
         devices: DevicePolicy::Reject,
         expected_diff_id: None,
     };
-    unpack::unpack_layer(io::BufReader::new(f), &tmp, &format!("archive {}", path.display()), &opts)?;
+    unpack::unpack_layer(
+        io::BufReader::new(f),
+        &tmp,
+        &format!("archive {}", path.display()),
+        &opts,
+    )?;
     let out = load_dir(store, &tmp, path);
     drop(guard);
     out
@@ -148,24 +159,33 @@ fn copy_blob(store: &Store, dir: &Path, d: &Digest, size: Option<u64>) -> Result
 fn load_oci_layout(store: &Store, dir: &Path, shown: &Path) -> Result<Vec<Loaded>> {
     let ip = dir.join("index.json");
     let bytes = fs::read(&ip).map_err(io_err(&ip, "read"))?;
-    let index: OciIndexFile = serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Json {
-        path: shown.join("index.json"),
-        what: "index.json",
-        source,
-    })?;
+    let index: OciIndexFile =
+        serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Json {
+            path: shown.join("index.json"),
+            what: "index.json",
+            source,
+        })?;
     let mut out = Vec::new();
     for desc in &index.manifests {
         copy_blob(store, dir, &desc.digest, Some(desc.size))?;
-        let (manifest_digest, index_digest) =
-            match Document::parse(&store.read_blob(&desc.digest)?, Some(&desc.media_type), desc.digest.as_str())? {
-                Document::Manifest(_) => (desc.digest.clone(), None),
-                Document::Index(i) => {
-                    let chosen = manifest::select_platform(&i, &Platform::host(), desc.digest.as_str())?;
-                    copy_blob(store, dir, &chosen.digest, Some(chosen.size))?;
-                    (chosen.digest.clone(), Some(desc.digest.clone()))
-                }
-            };
-        let m = match Document::parse(&store.read_blob(&manifest_digest)?, None, manifest_digest.as_str())? {
+        let (manifest_digest, index_digest) = match Document::parse(
+            &store.read_blob(&desc.digest)?,
+            Some(&desc.media_type),
+            desc.digest.as_str(),
+        )? {
+            Document::Manifest(_) => (desc.digest.clone(), None),
+            Document::Index(i) => {
+                let chosen =
+                    manifest::select_platform(&i, &Platform::host(), desc.digest.as_str())?;
+                copy_blob(store, dir, &chosen.digest, Some(chosen.size))?;
+                (chosen.digest.clone(), Some(desc.digest.clone()))
+            }
+        };
+        let m = match Document::parse(
+            &store.read_blob(&manifest_digest)?,
+            None,
+            manifest_digest.as_str(),
+        )? {
             Document::Manifest(m) => m,
             Document::Index(_) => {
                 return Err(StoreError::IndexNotImage {
@@ -181,9 +201,13 @@ fn load_oci_layout(store: &Store, dir: &Path, shown: &Path) -> Result<Vec<Loaded
         let ann = desc.annotations.clone().unwrap_or_default();
         let name = ann.get(CONTAINERD_NAME_ANNOTATION).or_else(|| {
             // A bare tag (`latest`, `v1.0`) names no repository.
-            ann.get(REF_NAME_ANNOTATION).filter(|n| n.contains(['/', ':']))
+            ann.get(REF_NAME_ANNOTATION)
+                .filter(|n| n.contains(['/', ':']))
         });
-        let refs: Vec<ImageRef> = name.and_then(|n| ImageRef::parse(n).ok()).into_iter().collect();
+        let refs: Vec<ImageRef> = name
+            .and_then(|n| ImageRef::parse(n).ok())
+            .into_iter()
+            .collect();
         let image = store.commit_image(&manifest_digest, index_digest.as_ref(), refs.first())?;
         info!(manifest = %manifest_digest, refs = refs.len(), "loaded image from OCI layout");
         out.push(Loaded { image, refs });
@@ -199,10 +223,11 @@ fn load_oci_layout(store: &Store, dir: &Path, shown: &Path) -> Result<Vec<Loaded
 /// Resolves an archive-relative path without leaving `dir` (the paths come from the
 /// archive's own manifest.json and are untrusted).
 fn inside(dir: &Path, rel: &str, shown: &Path) -> Result<PathBuf> {
-    let comps = unpack::clean_components(rel.as_bytes()).map_err(|_| ArchiveError::OutsidePath {
-        path: shown.to_path_buf(),
-        entry: rel.to_string(),
-    })?;
+    let comps =
+        unpack::clean_components(rel.as_bytes()).map_err(|_| ArchiveError::OutsidePath {
+            path: shown.to_path_buf(),
+            entry: rel.to_string(),
+        })?;
     let mut p = dir.to_path_buf();
     for c in comps {
         p.push(std::ffi::OsStr::new(std::str::from_utf8(c).unwrap_or("_")));
@@ -216,11 +241,12 @@ fn inside(dir: &Path, rel: &str, shown: &Path) -> Result<PathBuf> {
 fn load_docker_archive(store: &Store, dir: &Path, shown: &Path) -> Result<Vec<Loaded>> {
     let mp = dir.join("manifest.json");
     let bytes = fs::read(&mp).map_err(io_err(&mp, "read"))?;
-    let entries: Vec<DockerArchiveEntry> = serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Json {
-        path: shown.join("manifest.json"),
-        what: "manifest.json",
-        source,
-    })?;
+    let entries: Vec<DockerArchiveEntry> =
+        serde_json::from_slice(&bytes).map_err(|source| ArchiveError::Json {
+            path: shown.join("manifest.json"),
+            what: "manifest.json",
+            source,
+        })?;
     let mut out = Vec::new();
     for e in entries {
         let cp = inside(dir, &e.config, shown)?;
@@ -279,8 +305,12 @@ fn store_layer_file(store: &Store, p: &Path) -> Result<(Descriptor, Digest)> {
     let diff_id = match compression {
         unpack::Compression::None => digest.clone(),
         _ => {
-            let r = unpack::decompress(File::open(p).map_err(io_err(p, "open layer"))?).map_err(io_err(p, "decompress layer"))?;
-            HashingReader::new(r).finish().map_err(io_err(p, "decompress layer"))?.0
+            let r = unpack::decompress(File::open(p).map_err(io_err(p, "open layer"))?)
+                .map_err(io_err(p, "decompress layer"))?;
+            HashingReader::new(r)
+                .finish()
+                .map_err(io_err(p, "decompress layer"))?
+                .0
         }
     };
     let mut f = File::open(p).map_err(io_err(p, "open layer"))?;
@@ -311,7 +341,9 @@ pub fn apply_change(cfg: &mut RunConfig, change: &str) -> Result<()> {
         reason: reason.to_string(),
     };
     let change_t = change.trim();
-    let (instr, rest) = change_t.split_once(char::is_whitespace).unwrap_or((change_t, ""));
+    let (instr, rest) = change_t
+        .split_once(char::is_whitespace)
+        .unwrap_or((change_t, ""));
     let rest = rest.trim();
     // Exec form is a JSON array; anything else is shell form, run by /bin/sh -c.
     let cmdline = || -> Vec<String> {
@@ -399,7 +431,12 @@ fn key_values(s: &str) -> Option<Vec<(String, String)>> {
 
 /// `image import FILE [REF] --change ...`: the rootfs tar (plain or compressed) becomes the
 /// one layer of a new image for the host platform.
-pub fn import(store: &Store, tar: &Path, reference: Option<&ImageRef>, changes: &[String]) -> Result<Image> {
+pub fn import(
+    store: &Store,
+    tar: &Path,
+    reference: Option<&ImageRef>,
+    changes: &[String],
+) -> Result<Image> {
     let _lease = store.lease()?;
     let mut run = RunConfig::default();
     for c in changes {
@@ -462,7 +499,9 @@ pub fn save(store: &Store, names: &[String], out: impl Write) -> Result<()> {
     let mut docker_entries = Vec::new();
     for name in names {
         let img = store.get(name)?;
-        let reference = ImageRef::parse(name).ok().filter(|r| store.tag_entry(r).ok().flatten().is_some());
+        let reference = ImageRef::parse(name)
+            .ok()
+            .filter(|r| store.tag_entry(r).ok().flatten().is_some());
         let mut push = |d: &Digest| {
             if !blobs.contains(d) {
                 blobs.push(d.clone());
@@ -475,7 +514,9 @@ pub fn save(store: &Store, names: &[String], out: impl Write) -> Result<()> {
         }
         let mbytes = store.read_blob(&img.manifest_digest)?;
         let media_type = match Document::parse(&mbytes, None, img.manifest_digest.as_str())? {
-            Document::Manifest(m) => m.media_type.unwrap_or_else(|| manifest::OCI_MANIFEST.into()),
+            Document::Manifest(m) => m
+                .media_type
+                .unwrap_or_else(|| manifest::OCI_MANIFEST.into()),
             Document::Index(_) => manifest::OCI_INDEX.into(),
         };
         let mut ann = BTreeMap::new();
@@ -525,8 +566,16 @@ pub fn save(store: &Store, names: &[String], out: impl Write) -> Result<()> {
         "mediaType": manifest::OCI_INDEX,
         "manifests": index_entries,
     });
-    add(&mut b, "index.json", &serde_json::to_vec(&index).expect("index serialises"))?;
-    add(&mut b, "manifest.json", &serde_json::to_vec(&docker_entries).expect("manifest.json serialises"))?;
+    add(
+        &mut b,
+        "index.json",
+        &serde_json::to_vec(&index).expect("index serialises"),
+    )?;
+    add(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&docker_entries).expect("manifest.json serialises"),
+    )?;
     let mut dh = tar::Header::new_ustar();
     dh.set_entry_type(tar::EntryType::Directory);
     dh.set_mode(0o755);
@@ -534,11 +583,16 @@ pub fn save(store: &Store, names: &[String], out: impl Write) -> Result<()> {
     dh.set_gid(0);
     dh.set_mtime(0);
     dh.set_size(0);
-    b.append_data(&mut dh.clone(), "blobs/", io::empty()).map_err(werr)?;
-    b.append_data(&mut dh, "blobs/sha256/", io::empty()).map_err(werr)?;
+    b.append_data(&mut dh.clone(), "blobs/", io::empty())
+        .map_err(werr)?;
+    b.append_data(&mut dh, "blobs/sha256/", io::empty())
+        .map_err(werr)?;
     for d in blobs {
         let f = store.open_blob(&d)?;
-        let len = f.metadata().map_err(io_err(&store.blob_path(&d), "stat blob"))?.len();
+        let len = f
+            .metadata()
+            .map_err(io_err(&store.blob_path(&d), "stat blob"))?
+            .len();
         let mut h = tar::Header::new_ustar();
         h.set_size(len);
         h.set_mode(0o644);
@@ -546,7 +600,8 @@ pub fn save(store: &Store, names: &[String], out: impl Write) -> Result<()> {
         h.set_gid(0);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), f).map_err(werr)?;
+        b.append_data(&mut h, format!("blobs/sha256/{}", d.hex()), f)
+            .map_err(werr)?;
     }
     b.into_inner().map_err(werr)?.flush().map_err(werr)?;
     Ok(())

@@ -68,7 +68,11 @@ pub struct Platform {
     pub os: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    #[serde(default, rename = "os.version", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "os.version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
 }
 
@@ -156,7 +160,11 @@ pub enum Document {
 impl Document {
     /// Parses manifest bytes; the kind comes from `media_type` when known, else from the
     /// JSON (`manifests` → index, `layers` → manifest), as registries may omit it.
-    pub fn parse(bytes: &[u8], media_type: Option<&str>, digest: &str) -> Result<Self, ManifestError> {
+    pub fn parse(
+        bytes: &[u8],
+        media_type: Option<&str>,
+        digest: &str,
+    ) -> Result<Self, ManifestError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Probe {
@@ -185,9 +193,13 @@ impl Document {
             }
         };
         if is_index {
-            Ok(Self::Index(serde_json::from_slice(bytes).map_err(|e| perr("index", e))?))
+            Ok(Self::Index(
+                serde_json::from_slice(bytes).map_err(|e| perr("index", e))?,
+            ))
         } else {
-            Ok(Self::Manifest(serde_json::from_slice(bytes).map_err(|e| perr("manifest", e))?))
+            Ok(Self::Manifest(
+                serde_json::from_slice(bytes).map_err(|e| perr("manifest", e))?,
+            ))
         }
     }
 }
@@ -196,7 +208,11 @@ impl Document {
 /// variant wins, then an entry without variant, then (arm64 only, where `v8` is the
 /// default) any. Attestation and other non-image entries (`unknown/unknown`, buildx's
 /// `vnd.docker.reference.type` annotation) are never picked, whatever their order.
-pub fn select_platform<'a>(index: &'a Index, want: &Platform, digest: &str) -> Result<&'a Descriptor, ManifestError> {
+pub fn select_platform<'a>(
+    index: &'a Index,
+    want: &Platform,
+    digest: &str,
+) -> Result<&'a Descriptor, ManifestError> {
     let candidates: Vec<&Descriptor> = index
         .manifests
         .iter()
@@ -374,18 +390,33 @@ mod tests {
     #[test]
     fn picks_platform_not_first_and_skips_attestations() {
         let mut att = desc(OCI_MANIFEST, 2, Some(("unknown", "unknown", None)));
-        att.annotations = Some([("vnd.docker.reference.type".to_string(), "attestation-manifest".to_string())].into());
+        att.annotations = Some(
+            [(
+                "vnd.docker.reference.type".to_string(),
+                "attestation-manifest".to_string(),
+            )]
+            .into(),
+        );
         let idx = index(vec![
             desc(OCI_MANIFEST, 1, Some(("linux", "arm64", Some("v8")))),
             att,
             desc(OCI_MANIFEST, 3, Some(("linux", "amd64", None))),
         ]);
         let amd = Platform::parse("linux/amd64").unwrap();
-        assert_eq!(select_platform(&idx, &amd, "x").unwrap().digest, Digest::of(&[3]));
+        assert_eq!(
+            select_platform(&idx, &amd, "x").unwrap().digest,
+            Digest::of(&[3])
+        );
         let arm = Platform::parse("linux/arm64/v8").unwrap();
-        assert_eq!(select_platform(&idx, &arm, "x").unwrap().digest, Digest::of(&[1]));
+        assert_eq!(
+            select_platform(&idx, &arm, "x").unwrap().digest,
+            Digest::of(&[1])
+        );
         let arm_nov = Platform::parse("linux/arm64").unwrap();
-        assert_eq!(select_platform(&idx, &arm_nov, "x").unwrap().digest, Digest::of(&[1]));
+        assert_eq!(
+            select_platform(&idx, &arm_nov, "x").unwrap().digest,
+            Digest::of(&[1])
+        );
         let e = select_platform(&idx, &Platform::parse("linux/s390x").unwrap(), "x").unwrap_err();
         assert!(e.to_string().contains("linux/s390x"), "{e}");
     }
@@ -397,7 +428,10 @@ mod tests {
             desc(DOCKER_MANIFEST, 2, Some(("linux", "arm", Some("v7")))),
         ]);
         let v7 = Platform::parse("linux/arm/v7").unwrap();
-        assert_eq!(select_platform(&idx, &v7, "x").unwrap().digest, Digest::of(&[2]));
+        assert_eq!(
+            select_platform(&idx, &v7, "x").unwrap().digest,
+            Digest::of(&[2])
+        );
         assert!(select_platform(&idx, &Platform::parse("linux/arm/v5").unwrap(), "x").is_err());
     }
 
@@ -407,9 +441,15 @@ mod tests {
             r#"{{"schemaVersion":2,"config":{{"mediaType":"{DOCKER_CONFIG}","digest":"{}","size":1}},"layers":[]}}"#,
             Digest::of(b"c")
         );
-        assert!(matches!(Document::parse(m.as_bytes(), None, "d").unwrap(), Document::Manifest(_)));
+        assert!(matches!(
+            Document::parse(m.as_bytes(), None, "d").unwrap(),
+            Document::Manifest(_)
+        ));
         let i = r#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(matches!(Document::parse(i.as_bytes(), None, "d").unwrap(), Document::Index(_)));
+        assert!(matches!(
+            Document::parse(i.as_bytes(), None, "d").unwrap(),
+            Document::Index(_)
+        ));
         assert!(Document::parse(b"{}", Some("text/plain"), "d").is_err());
     }
 

@@ -74,15 +74,29 @@ mod tests {
 
     #[test]
     fn order_and_limits() {
-        let l: Vec<PathBuf> = ["/s/layers/a/diff", "/s/layers/b/diff"].iter().map(PathBuf::from).collect();
-        assert_eq!(lowerdir_option(&l).unwrap(), "/s/layers/b/diff:/s/layers/a/diff");
-        assert_eq!(relative_lowerdirs(&l, Path::new("/s/layers")).unwrap(), "b/diff:a/diff");
+        let l: Vec<PathBuf> = ["/s/layers/a/diff", "/s/layers/b/diff"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(
+            lowerdir_option(&l).unwrap(),
+            "/s/layers/b/diff:/s/layers/a/diff"
+        );
+        assert_eq!(
+            relative_lowerdirs(&l, Path::new("/s/layers")).unwrap(),
+            "b/diff:a/diff"
+        );
         assert!(lowerdir_option(&[]).is_err());
         let many: Vec<PathBuf> = (0..501).map(|i| PathBuf::from(format!("/x/{i}"))).collect();
-        assert!(matches!(lowerdir_option(&many), Err(OverlayError::TooManyLayers { count: 501 })));
+        assert!(matches!(
+            lowerdir_option(&many),
+            Err(OverlayError::TooManyLayers { count: 501 })
+        ));
         // 120 store paths (~90 bytes each) do not fit a page; relative ones do.
         let base = Path::new("/var/lib/berth/image/layers");
-        let long: Vec<PathBuf> = (0..120).map(|i| base.join(format!("{i:064x}/diff"))).collect();
+        let long: Vec<PathBuf> = (0..120)
+            .map(|i| base.join(format!("{i:064x}/diff")))
+            .collect();
         assert!(!fits_mount_data(&lowerdir_option(&long).unwrap(), 100));
         let rel = relative_lowerdirs(&long, base).unwrap();
         assert!(rel.len() < lowerdir_option(&long).unwrap().len());

@@ -59,7 +59,11 @@ impl ImageRef {
             reason: reason.to_string(),
         };
         // A bare 64-hex string is an image id, not a name (normalize.go: anchoredIdentifierRegexp).
-        if input.len() == 64 && input.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if input.len() == 64
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return Err(ReferenceError::LooksLikeId {
                 input: input.to_string(),
             });
@@ -265,7 +269,11 @@ fn validate_domain(domain: &str) -> Result<(), String> {
         let (v6, after) = rest
             .split_once(']')
             .ok_or_else(|| format!("registry {domain:?} has an unclosed '['"))?;
-        if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if v6.is_empty()
+            || !v6
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
             return Err(format!("registry {domain:?} is not a valid IPv6 address"));
         }
         match after {
@@ -330,7 +338,9 @@ fn validate_path(path: &str) -> Result<(), String> {
             let sep = &comp[start..i];
             let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-');
             if !ok {
-                return Err(format!("repository path component {comp:?} has an invalid separator {sep:?}"));
+                return Err(format!(
+                    "repository path component {comp:?} has an invalid separator {sep:?}"
+                ));
             }
         }
     }
@@ -341,8 +351,14 @@ fn validate_path(path: &str) -> Result<(), String> {
 fn validate_tag(tag: &str) -> Result<(), String> {
     let b = tag.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    if b.is_empty() || b.len() > 128 || !word(b[0]) || !b.iter().all(|c| word(*c) || *c == b'.' || *c == b'-') {
-        return Err(format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"));
+    if b.is_empty()
+        || b.len() > 128
+        || !word(b[0])
+        || !b.iter().all(|c| word(*c) || *c == b'.' || *c == b'-')
+    {
+        return Err(format!(
+            "tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+        ));
     }
     Ok(())
 }
@@ -355,17 +371,31 @@ pub(crate) fn validate_digest(digest: &str) -> Result<(), String> {
         .ok_or_else(|| format!("digest {digest:?} has no algorithm prefix"))?;
     let alg_ok = !alg.is_empty()
         && alg.as_bytes()[0].is_ascii_alphabetic()
-        && alg.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'.'));
+        && alg
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'+' | b'.'));
     if !alg_ok {
         return Err(format!("digest algorithm {alg:?} is invalid"));
     }
     let hex_ok = match alg {
-        "sha256" => hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
-        "sha512" => hex.len() == 128 && hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+        "sha256" => {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        }
+        "sha512" => {
+            hex.len() == 128
+                && hex
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+        }
         _ => hex.len() >= 32 && hex.bytes().all(|c| c.is_ascii_hexdigit()),
     };
     if !hex_ok {
-        return Err(format!("digest {digest:?} has an invalid hex part for {alg}"));
+        return Err(format!(
+            "digest {digest:?} has an invalid hex part for {alg}"
+        ));
     }
     Ok(())
 }
@@ -384,18 +414,36 @@ mod tests {
     fn normalises_like_docker() {
         assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(norm("mysql:5.7"), "docker.io/library/mysql:5.7");
-        assert_eq!(norm("wordpress:latest"), "docker.io/library/wordpress:latest");
-        assert_eq!(norm("docker.io/bitnami/jenkins:2-debian-10"), "docker.io/bitnami/jenkins:2-debian-10");
+        assert_eq!(
+            norm("wordpress:latest"),
+            "docker.io/library/wordpress:latest"
+        );
+        assert_eq!(
+            norm("docker.io/bitnami/jenkins:2-debian-10"),
+            "docker.io/bitnami/jenkins:2-debian-10"
+        );
         assert_eq!(norm("bitnami/jenkins"), "docker.io/bitnami/jenkins:latest");
-        assert_eq!(norm("127.0.0.1:5000/busybox"), "127.0.0.1:5000/busybox:latest");
+        assert_eq!(
+            norm("127.0.0.1:5000/busybox"),
+            "127.0.0.1:5000/busybox:latest"
+        );
         assert_eq!(norm("localhost/app:v1"), "localhost/app:v1");
-        assert_eq!(norm("index.docker.io/library/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            norm("index.docker.io/library/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(norm("docker.io/alpine"), "docker.io/library/alpine:latest");
         assert_eq!(norm("ghcr.io/a/b/c:1.0"), "ghcr.io/a/b/c:1.0");
         assert_eq!(norm("[::1]:5000/x"), "[::1]:5000/x:latest");
         assert_eq!(norm("Example.com/app"), "Example.com/app:latest");
-        assert_eq!(norm("a__b-c---d/e.f_g"), "docker.io/a__b-c---d/e.f_g:latest");
-        assert!(ImageRef::parse("a__b.c/x").is_err(), "a first component with a dot is a host");
+        assert_eq!(
+            norm("a__b-c---d/e.f_g"),
+            "docker.io/a__b-c---d/e.f_g:latest"
+        );
+        assert!(
+            ImageRef::parse("a__b.c/x").is_err(),
+            "a first component with a dot is a host"
+        );
     }
 
     #[test]
@@ -411,15 +459,30 @@ mod tests {
         assert_eq!(r.digest(), Some(D));
         // A port without tag: the ':' before '/' is not a tag separator.
         let r = ImageRef::parse("myreg:443/app").unwrap();
-        assert_eq!((r.registry(), r.repository(), r.tag()), ("myreg:443", "app", Some("latest")));
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("myreg:443", "app", Some("latest"))
+        );
     }
 
     #[test]
     fn familiar_forms() {
-        assert_eq!(ImageRef::parse("busybox").unwrap().familiar(), "busybox:latest");
-        assert_eq!(ImageRef::parse("bitnami/jenkins:2").unwrap().familiar(), "bitnami/jenkins:2");
-        assert_eq!(ImageRef::parse("127.0.0.1:5000/x:y").unwrap().familiar(), "127.0.0.1:5000/x:y");
-        assert_eq!(ImageRef::parse("busybox").unwrap().api_host(), "registry-1.docker.io");
+        assert_eq!(
+            ImageRef::parse("busybox").unwrap().familiar(),
+            "busybox:latest"
+        );
+        assert_eq!(
+            ImageRef::parse("bitnami/jenkins:2").unwrap().familiar(),
+            "bitnami/jenkins:2"
+        );
+        assert_eq!(
+            ImageRef::parse("127.0.0.1:5000/x:y").unwrap().familiar(),
+            "127.0.0.1:5000/x:y"
+        );
+        assert_eq!(
+            ImageRef::parse("busybox").unwrap().api_host(),
+            "registry-1.docker.io"
+        );
     }
 
     #[test]
@@ -447,7 +510,10 @@ mod tests {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let long = format!("example.com/{}", "a".repeat(250));
-        assert!(matches!(ImageRef::parse(&long), Err(ReferenceError::NameTooLong { .. })));
+        assert!(matches!(
+            ImageRef::parse(&long),
+            Err(ReferenceError::NameTooLong { .. })
+        ));
         let tag129 = format!("busybox:{}", "t".repeat(129));
         assert!(ImageRef::parse(&tag129).is_err());
     }
@@ -462,7 +528,10 @@ mod tests {
 
     #[test]
     fn with_tag_and_serde() {
-        let r = ImageRef::parse("busybox").unwrap().with_tag("1.36").unwrap();
+        let r = ImageRef::parse("busybox")
+            .unwrap()
+            .with_tag("1.36")
+            .unwrap();
         assert_eq!(r.to_string(), "docker.io/library/busybox:1.36");
         let j = serde_json::to_string(&r).unwrap();
         let back: ImageRef = serde_json::from_str(&j).unwrap();

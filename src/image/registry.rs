@@ -92,7 +92,9 @@ impl RegistryConfig {
     pub fn from_env() -> Self {
         let docker_config = std::env::var_os("DOCKER_CONFIG")
             .map(|d| PathBuf::from(d).join("config.json"))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")));
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+            });
         Self {
             insecure_registries: Vec::new(),
             docker_config,
@@ -112,7 +114,9 @@ impl RegistryConfig {
         };
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RegistryAuth::Anonymous),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(RegistryAuth::Anonymous)
+            }
             Err(source) => {
                 return Err(RegistryError::Credentials {
                     path: path.clone(),
@@ -139,7 +143,9 @@ pub fn is_loopback_registry(registry: &str) -> bool {
 pub fn auth_from_config_json(bytes: &[u8], registry: &str) -> Option<RegistryAuth> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     let auths = v.get("auths")?.as_object()?;
-    let hub = registry == "docker.io" || registry == "index.docker.io" || registry == "registry-1.docker.io";
+    let hub = registry == "docker.io"
+        || registry == "index.docker.io"
+        || registry == "registry-1.docker.io";
     let entry = auths.iter().find_map(|(k, e)| {
         let host = k
             .trim_start_matches("https://")
@@ -147,11 +153,22 @@ pub fn auth_from_config_json(bytes: &[u8], registry: &str) -> Option<RegistryAut
             .split('/')
             .next()
             .unwrap_or("");
-        let matches = host == registry || (hub && matches!(host, "index.docker.io" | "docker.io" | "registry-1.docker.io"));
+        let matches = host == registry
+            || (hub
+                && matches!(
+                    host,
+                    "index.docker.io" | "docker.io" | "registry-1.docker.io"
+                ));
         matches.then_some(e)
     })?;
-    if let Some(a) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(a.trim()).ok()?;
+    if let Some(a) = entry
+        .get("auth")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+    {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(a.trim())
+            .ok()?;
         let s = String::from_utf8(decoded).ok()?;
         let (u, p) = s.split_once(':')?;
         return Some(RegistryAuth::Basic(u.to_string(), p.to_string()));
@@ -215,10 +232,21 @@ fn client_for(cfg: &RegistryConfig, r: &ImageRef) -> Client {
 
 fn oci_ref(r: &ImageRef) -> Reference {
     match (r.tag(), r.digest()) {
-        (Some(t), Some(d)) => Reference::with_tag_and_digest(r.registry().into(), r.repository().into(), t.into(), d.into()),
-        (_, Some(d)) => Reference::with_digest(r.registry().into(), r.repository().into(), d.into()),
-        (Some(t), None) => Reference::with_tag(r.registry().into(), r.repository().into(), t.into()),
-        (None, None) => Reference::with_tag(r.registry().into(), r.repository().into(), "latest".into()),
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(
+            r.registry().into(),
+            r.repository().into(),
+            t.into(),
+            d.into(),
+        ),
+        (_, Some(d)) => {
+            Reference::with_digest(r.registry().into(), r.repository().into(), d.into())
+        }
+        (Some(t), None) => {
+            Reference::with_tag(r.registry().into(), r.repository().into(), t.into())
+        }
+        (None, None) => {
+            Reference::with_tag(r.registry().into(), r.repository().into(), "latest".into())
+        }
     }
 }
 
@@ -226,7 +254,13 @@ fn oci_ref(r: &ImageRef) -> Reference {
 fn is_transient(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RequestError(re) => {
-            re.is_connect() || re.is_timeout() || re.is_request() || re.is_body() || re.status().is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
+            re.is_connect()
+                || re.is_timeout()
+                || re.is_request()
+                || re.is_body()
+                || re
+                    .status()
+                    .is_some_and(|s| s.is_server_error() || s.as_u16() == 429)
         }
         OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
         OciDistributionError::IoError(_) => true,
@@ -288,8 +322,10 @@ impl Reporter {
     fn bar(&self, d: &Digest, size: u64) -> Option<indicatif::ProgressBar> {
         let b = self.bars.as_ref()?.add(indicatif::ProgressBar::new(size));
         b.set_style(
-            indicatif::ProgressStyle::with_template("{prefix}: {bar:30} {bytes}/{total_bytes} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{prefix}: {bar:30} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b.set_prefix(d.short().to_string());
         Some(b)
@@ -297,7 +333,12 @@ impl Reporter {
 }
 
 /// `image pull`: resolves, downloads, verifies, unpacks and tags `r`.
-pub async fn pull(store: &Store, cfg: &RegistryConfig, r: &ImageRef, opts: &PullOptions) -> Result<PullOutcome> {
+pub async fn pull(
+    store: &Store,
+    cfg: &RegistryConfig,
+    r: &ImageRef,
+    opts: &PullOptions,
+) -> Result<PullOutcome> {
     let span = info_span!("pull", reference = %r);
     async move {
         let _lease = store.lease()?;
@@ -312,10 +353,16 @@ pub async fn pull(store: &Store, cfg: &RegistryConfig, r: &ImageRef, opts: &Pull
             op,
             source,
         };
-        reporter.line(&format!("{}: Pulling from {}", r.tag().or(r.digest()).unwrap_or("latest"), r.familiar_name()));
-        let (bytes, _) = retry("manifest", || client.pull_manifest_raw(&reference, &auth, manifest::ACCEPTED_MANIFESTS))
-            .await
-            .map_err(|e| req_err("fetching the manifest", e))?;
+        reporter.line(&format!(
+            "{}: Pulling from {}",
+            r.tag().or(r.digest()).unwrap_or("latest"),
+            r.familiar_name()
+        ));
+        let (bytes, _) = retry("manifest", || {
+            client.pull_manifest_raw(&reference, &auth, manifest::ACCEPTED_MANIFESTS)
+        })
+        .await
+        .map_err(|e| req_err("fetching the manifest", e))?;
         let top = Digest::of(&bytes);
         if let Some(want) = r.digest() {
             if want != top.as_str() {
@@ -327,28 +374,32 @@ pub async fn pull(store: &Store, cfg: &RegistryConfig, r: &ImageRef, opts: &Pull
                 });
             }
         }
-        let (manifest_digest, manifest_bytes, index_digest) = match Document::parse(&bytes, None, top.as_str())? {
-            Document::Manifest(_) => (top.clone(), bytes.to_vec(), None),
-            Document::Index(index) => {
-                store.put_blob(&bytes, Some(&top))?;
-                let chosen = manifest::select_platform(&index, &platform, top.as_str())?.clone();
-                debug!(platform = %platform, manifest = %chosen.digest, "platform selected");
-                let child = reference.clone_with_digest(chosen.digest.to_string());
-                let (mb, _) = retry("manifest", || client.pull_manifest_raw(&child, &auth, manifest::ACCEPTED_MANIFESTS))
+        let (manifest_digest, manifest_bytes, index_digest) =
+            match Document::parse(&bytes, None, top.as_str())? {
+                Document::Manifest(_) => (top.clone(), bytes.to_vec(), None),
+                Document::Index(index) => {
+                    store.put_blob(&bytes, Some(&top))?;
+                    let chosen =
+                        manifest::select_platform(&index, &platform, top.as_str())?.clone();
+                    debug!(platform = %platform, manifest = %chosen.digest, "platform selected");
+                    let child = reference.clone_with_digest(chosen.digest.to_string());
+                    let (mb, _) = retry("manifest", || {
+                        client.pull_manifest_raw(&child, &auth, manifest::ACCEPTED_MANIFESTS)
+                    })
                     .await
                     .map_err(|e| req_err("fetching the platform manifest", e))?;
-                let actual = Digest::of(&mb);
-                if actual != chosen.digest {
-                    return Err(RegistryError::ManifestDigest {
-                        registry: r.registry().into(),
-                        reference: child.whole(),
-                        expected: chosen.digest.to_string(),
-                        actual,
-                    });
+                    let actual = Digest::of(&mb);
+                    if actual != chosen.digest {
+                        return Err(RegistryError::ManifestDigest {
+                            registry: r.registry().into(),
+                            reference: child.whole(),
+                            expected: chosen.digest.to_string(),
+                            actual,
+                        });
+                    }
+                    (actual, mb.to_vec(), Some(top.clone()))
                 }
-                (actual, mb.to_vec(), Some(top.clone()))
-            }
-        };
+            };
         let m = match Document::parse(&manifest_bytes, None, manifest_digest.as_str())? {
             Document::Manifest(m) => m,
             Document::Index(_) => {
@@ -368,8 +419,20 @@ pub async fn pull(store: &Store, cfg: &RegistryConfig, r: &ImageRef, opts: &Pull
             }
         }
         // Config first (small; needed for the DiffIDs), then the layers in parallel.
-        fetch_blob(store, &client, &reference, &m.config, r.registry(), &reporter, false).await?;
-        let config = ImageConfig::parse(&store.read_blob(&m.config.digest)?, m.config.digest.as_str())?;
+        fetch_blob(
+            store,
+            &client,
+            &reference,
+            &m.config,
+            r.registry(),
+            &reporter,
+            false,
+        )
+        .await?;
+        let config = ImageConfig::parse(
+            &store.read_blob(&m.config.digest)?,
+            m.config.digest.as_str(),
+        )?;
         let results: Vec<u64> = futures::stream::iter(m.layers.iter())
             .map(|l| fetch_blob(store, &client, &reference, l, r.registry(), &reporter, true))
             .buffer_unordered(PARALLEL_DOWNLOADS)
@@ -382,9 +445,15 @@ pub async fn pull(store: &Store, cfg: &RegistryConfig, r: &ImageRef, opts: &Pull
         if config.rootfs.diff_ids.len() == m.layers.len() {
             let chains = chain_ids(&config.rootfs.diff_ids);
             let mut tasks = Vec::new();
-            for ((chain, diff), l) in chains.into_iter().zip(config.rootfs.diff_ids.clone()).zip(m.layers.clone()) {
+            for ((chain, diff), l) in chains
+                .into_iter()
+                .zip(config.rootfs.diff_ids.clone())
+                .zip(m.layers.clone())
+            {
                 let s = store.clone();
-                tasks.push(tokio::task::spawn_blocking(move || s.ensure_layer(&chain, &diff, &l.digest).map(|_| l.digest)));
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    s.ensure_layer(&chain, &diff, &l.digest).map(|_| l.digest)
+                }));
             }
             for t in tasks {
                 let d = t.await.map_err(|e| RegistryError::Join(e.to_string()))??;
@@ -426,9 +495,17 @@ async fn fetch_blob(
         }
         return Ok(0);
     }
-    let bar = if is_layer { reporter.bar(&desc.digest, desc.size) } else { None };
+    let bar = if is_layer {
+        reporter.bar(&desc.digest, desc.size)
+    } else {
+        None
+    };
     if is_layer && bar.is_none() {
-        reporter.line(&format!("{}: Pulling fs layer ({} bytes)", desc.digest.short(), desc.size));
+        reporter.line(&format!(
+            "{}: Pulling fs layer ({} bytes)",
+            desc.digest.short(),
+            desc.size
+        ));
     }
     let mut attempt = 0;
     let mut delay = Duration::from_millis(200);
@@ -507,16 +584,27 @@ async fn fetch_blob_once(
 
 /// `image push`: uploads the blobs the registry lacks, then the manifest bytes as stored
 /// (never re-serialised, so the digest is the local one).
-pub async fn push(store: &Store, cfg: &RegistryConfig, r: &ImageRef, quiet: bool) -> Result<PushOutcome> {
+pub async fn push(
+    store: &Store,
+    cfg: &RegistryConfig,
+    r: &ImageRef,
+    quiet: bool,
+) -> Result<PushOutcome> {
     let span = info_span!("push", reference = %r);
     async move {
-        let manifest_digest = store.resolve(&r.to_string()).map_err(|_| RegistryError::NotLocal {
-            reference: r.to_string(),
-        })?;
+        let manifest_digest =
+            store
+                .resolve(&r.to_string())
+                .map_err(|_| RegistryError::NotLocal {
+                    reference: r.to_string(),
+                })?;
         let img = store.get(manifest_digest.as_str())?;
         let client = client_for(cfg, r);
         let auth = cfg.auth_for(r.registry())?;
-        let reference = oci_ref(&r.with_tag(r.tag().unwrap_or("latest")).unwrap_or_else(|_| r.clone()));
+        let reference = oci_ref(
+            &r.with_tag(r.tag().unwrap_or("latest"))
+                .unwrap_or_else(|_| r.clone()),
+        );
         let req_err = |op, source| RegistryError::Request {
             registry: r.registry().to_string(),
             reference: r.to_string(),
@@ -527,23 +615,31 @@ pub async fn push(store: &Store, cfg: &RegistryConfig, r: &ImageRef, quiet: bool
             .auth(&reference, &auth, RegistryOperation::Push)
             .await
             .map_err(|e| req_err("authenticating", e))?;
-        let reporter = Reporter::new(if quiet { Progress::Quiet } else { Progress::Plain });
+        let reporter = Reporter::new(if quiet {
+            Progress::Quiet
+        } else {
+            Progress::Plain
+        });
         let mut blobs: Vec<&Descriptor> = img.manifest.layers.iter().collect();
         blobs.push(&img.manifest.config);
         let (mut uploaded, mut skipped) = (0, 0);
         for d in blobs {
-            let exists = retry("blob exists", || client.blob_exists(&reference, d.digest.as_str()))
-                .await
-                .map_err(|e| req_err("checking a blob", e))?;
+            let exists = retry("blob exists", || {
+                client.blob_exists(&reference, d.digest.as_str())
+            })
+            .await
+            .map_err(|e| req_err("checking a blob", e))?;
             if exists {
                 skipped += 1;
                 reporter.line(&format!("{}: Layer already exists", d.digest.short()));
                 continue;
             }
             let data = bytes::Bytes::from(store.read_blob(&d.digest)?);
-            retry("blob upload", || client.push_blob(&reference, data.clone(), d.digest.as_str()))
-                .await
-                .map_err(|e| req_err("uploading a blob", e))?;
+            retry("blob upload", || {
+                client.push_blob(&reference, data.clone(), d.digest.as_str())
+            })
+            .await
+            .map_err(|e| req_err("uploading a blob", e))?;
             uploaded += 1;
             reporter.line(&format!("{}: Pushed", d.digest.short()));
         }
@@ -559,9 +655,11 @@ pub async fn push(store: &Store, cfg: &RegistryConfig, r: &ImageRef, quiet: bool
                 OciDistributionError::UnsupportedMediaTypeError(mt.clone()),
             )
         })?;
-        retry("manifest upload", || client.push_manifest_raw(&reference, mbytes.clone(), header.clone()))
-            .await
-            .map_err(|e| req_err("uploading the manifest", e))?;
+        retry("manifest upload", || {
+            client.push_manifest_raw(&reference, mbytes.clone(), header.clone())
+        })
+        .await
+        .map_err(|e| req_err("uploading the manifest", e))?;
         Ok(PushOutcome {
             manifest_digest,
             manifest_size: mbytes.len(),
@@ -579,10 +677,21 @@ mod tests {
 
     #[test]
     fn loopback_registries_are_plain_http() {
-        for r in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"] {
+        for r in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback_registry(r), "{r}");
         }
-        for r in ["docker.io", "10.0.0.1:5000", "example.com:5000", "localhost.example.com"] {
+        for r in [
+            "docker.io",
+            "10.0.0.1:5000",
+            "example.com:5000",
+            "localhost.example.com",
+        ] {
             assert!(!is_loopback_registry(r), "{r}");
         }
         let cfg = RegistryConfig {
@@ -600,7 +709,9 @@ mod tests {
             r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},"127.0.0.1:5000":{{"username":"u","password":"p"}}}}}}"#
         );
         match auth_from_config_json(cfg.as_bytes(), "docker.io") {
-            Some(RegistryAuth::Basic(u, p)) => assert_eq!((u.as_str(), p.as_str()), ("bob", "s3cret")),
+            Some(RegistryAuth::Basic(u, p)) => {
+                assert_eq!((u.as_str(), p.as_str()), ("bob", "s3cret"))
+            }
             other => panic!("unexpected {other:?}"),
         }
         match auth_from_config_json(cfg.as_bytes(), "127.0.0.1:5000") {

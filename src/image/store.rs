@@ -55,7 +55,11 @@ pub enum StoreError {
         size: u64,
     },
     #[error("blob {digest}: expected {expected} bytes, got {actual}")]
-    SizeMismatch { digest: Digest, expected: u64, actual: u64 },
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
     #[error("blob {digest} is not in the store")]
     MissingBlob { digest: Digest },
     #[error("no such image: {reference}")]
@@ -66,7 +70,9 @@ pub enum StoreError {
     InUse { reference: String, id: String },
     #[error("image {reference} has {count} references; remove them by name or use --force")]
     MultipleRefs { reference: String, count: usize },
-    #[error("image {manifest}: config lists {diff_ids} diff ids but the manifest has {layers} layers")]
+    #[error(
+        "image {manifest}: config lists {diff_ids} diff ids but the manifest has {layers} layers"
+    )]
     LayerCount {
         manifest: Digest,
         diff_ids: usize,
@@ -275,7 +281,10 @@ impl Store {
 
     /// Starts writing a blob whose digest (and size, if known) is expected.
     pub fn ingest(&self, expected: Digest, size: Option<u64>) -> Result<Ingest> {
-        let path = self.dir.join("ingest").join(format!("{}.{}.part", expected.hex(), unique()));
+        let path = self
+            .dir
+            .join("ingest")
+            .join(format!("{}.{}.part", expected.hex(), unique()));
         let file = File::create(&path).map_err(io_err(&path, "create ingest file"))?;
         Ok(Ingest {
             store: self.clone(),
@@ -305,12 +314,18 @@ impl Store {
             return Ok(actual);
         }
         let mut w = self.ingest(actual.clone(), Some(bytes.len() as u64))?;
-        w.write_all(bytes).map_err(io_err(&w.path.clone(), "write blob"))?;
+        w.write_all(bytes)
+            .map_err(io_err(&w.path.clone(), "write blob"))?;
         w.commit()
     }
 
     /// Copies a blob from a reader, verifying digest and size before it becomes visible.
-    pub fn put_blob_from(&self, r: &mut dyn Read, expected: &Digest, size: Option<u64>) -> Result<Digest> {
+    pub fn put_blob_from(
+        &self,
+        r: &mut dyn Read,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<Digest> {
         if self.has_blob(expected) {
             return Ok(expected.clone());
         }
@@ -366,7 +381,12 @@ impl Store {
     /// Unpacks the layer blob `blob` (already in the store) as the layer with ChainID
     /// `chain_id`, unless it is already there. The uncompressed stream must hash to
     /// `diff_id`. Atomic: unpack into `tmp/`, `syncfs`, rename into `layers/`.
-    pub fn ensure_layer(&self, chain_id: &Digest, diff_id: &Digest, blob: &Digest) -> Result<PathBuf> {
+    pub fn ensure_layer(
+        &self,
+        chain_id: &Digest,
+        diff_id: &Digest,
+        blob: &Digest,
+    ) -> Result<PathBuf> {
         if self.has_layer(chain_id) {
             return Ok(self.layer_diff(chain_id));
         }
@@ -388,7 +408,10 @@ impl Store {
             size: report.tar_size,
         };
         let mp = tmp.join("layer.json");
-        write_file_synced(&mp, &serde_json::to_vec_pretty(&meta).expect("layer meta serialises"))?;
+        write_file_synced(
+            &mp,
+            &serde_json::to_vec_pretty(&meta).expect("layer meta serialises"),
+        )?;
         // One syncfs for the whole tree is the durability point (per-file fsync doubles the
         // unpack time, image-eval.md §3).
         let tfd = File::open(&tmp).map_err(io_err(&tmp, "open temp layer dir"))?;
@@ -466,7 +489,11 @@ impl Store {
         let chains = chain_ids(&config.rootfs.diff_ids);
         let mut layers = Vec::with_capacity(chains.len());
         let mut size = 0;
-        for ((chain, diff_id), desc) in chains.iter().zip(&config.rootfs.diff_ids).zip(&manifest.layers) {
+        for ((chain, diff_id), desc) in chains
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .zip(&manifest.layers)
+        {
             if unpack {
                 if !manifest::is_layer_media_type(&desc.media_type) {
                     return Err(ManifestError::LayerMediaType {
@@ -511,9 +538,18 @@ impl Store {
         }
         // An id or id prefix (Docker accepts both `sha256:<hex>` and bare hex).
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
-        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() >= 4
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             let mut matches = BTreeSet::new();
-            for m in repos.refs.values().map(|e| &e.manifest).chain(&repos.dangling) {
+            for m in repos
+                .refs
+                .values()
+                .map(|e| &e.manifest)
+                .chain(&repos.dangling)
+            {
                 if m.hex().starts_with(hex) {
                     matches.insert(m.clone());
                 }
@@ -529,7 +565,11 @@ impl Store {
                 _ => {
                     return Err(StoreError::Ambiguous {
                         reference: reference.to_string(),
-                        matches: matches.iter().map(|d| d.short().to_string()).collect::<Vec<_>>().join(", "),
+                        matches: matches
+                            .iter()
+                            .map(|d| d.short().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     })
                 }
             }
@@ -592,7 +632,12 @@ impl Store {
     /// removes every reference to it. Refuses when a container uses the image unless
     /// `force`. Unreferenced blobs and layers are then collected. Returns the references
     /// untagged and the gc report.
-    pub fn remove(&self, reference: &str, force: bool, in_use: &InUse) -> Result<(Vec<ImageRef>, GcReport)> {
+    pub fn remove(
+        &self,
+        reference: &str,
+        force: bool,
+        in_use: &InUse,
+    ) -> Result<(Vec<ImageRef>, GcReport)> {
         let manifest = self.resolve(reference)?;
         let img = self.load_image(&manifest, false)?;
         let used = in_use.contains(&img.id)
@@ -653,11 +698,17 @@ impl Store {
             let mut repos = self.read_repositories()?;
             let used = |m: &Digest| -> bool {
                 in_use.contains(m)
-                    || self
-                        .load_image(m, false)
-                        .is_ok_and(|i| in_use.contains(&i.id) || i.chain_ids.last().is_some_and(|c| in_use.contains(c)))
+                    || self.load_image(m, false).is_ok_and(|i| {
+                        in_use.contains(&i.id)
+                            || i.chain_ids.last().is_some_and(|c| in_use.contains(c))
+                    })
             };
-            let dangling: Vec<Digest> = repos.dangling.iter().filter(|m| !used(m)).cloned().collect();
+            let dangling: Vec<Digest> = repos
+                .dangling
+                .iter()
+                .filter(|m| !used(m))
+                .cloned()
+                .collect();
             for d in dangling {
                 repos.dangling.remove(&d);
                 removed.push(d);
@@ -706,7 +757,9 @@ impl Store {
             if !blobs.insert(d.clone()) {
                 continue;
             }
-            let Ok(bytes) = self.read_blob(&d) else { continue };
+            let Ok(bytes) = self.read_blob(&d) else {
+                continue;
+            };
             match Document::parse(&bytes, None, d.as_str()) {
                 Ok(Document::Index(i)) => roots.extend(i.manifests.into_iter().map(|m| m.digest)),
                 Ok(Document::Manifest(m)) => {
@@ -771,12 +824,18 @@ impl Store {
     pub fn disk_usage(&self) -> Result<(u64, u64)> {
         let mut blobs = 0;
         let bdir = self.dir.join("blobs/sha256");
-        for ent in fs::read_dir(&bdir).map_err(io_err(&bdir, "list blobs"))?.flatten() {
+        for ent in fs::read_dir(&bdir)
+            .map_err(io_err(&bdir, "list blobs"))?
+            .flatten()
+        {
             blobs += ent.metadata().map(|m| m.len()).unwrap_or(0);
         }
         let mut layers = 0;
         let ldir = self.dir.join("layers");
-        for ent in fs::read_dir(&ldir).map_err(io_err(&ldir, "list layers"))?.flatten() {
+        for ent in fs::read_dir(&ldir)
+            .map_err(io_err(&ldir, "list layers"))?
+            .flatten()
+        {
             if let Ok(d) = Digest::parse(&format!("sha256:{}", ent.file_name().to_string_lossy())) {
                 layers += self.layer_meta(&d).map(|m| m.size).unwrap_or(0);
             }
@@ -793,7 +852,9 @@ impl Store {
     fn read_repositories(&self) -> Result<Repositories> {
         let p = self.repositories_path();
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| StoreError::Corrupt { path: p, source }),
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|source| StoreError::Corrupt { path: p, source })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Repositories::default()),
             Err(e) => Err(StoreError::Io {
                 path: p,
@@ -807,7 +868,10 @@ impl Store {
     fn write_repositories(&self, r: &Repositories) -> Result<()> {
         let p = self.repositories_path();
         let tmp = self.dir.join(format!("repositories.json.{}", unique()));
-        write_file_synced(&tmp, &serde_json::to_vec_pretty(r).expect("tag index serialises"))?;
+        write_file_synced(
+            &tmp,
+            &serde_json::to_vec_pretty(r).expect("tag index serialises"),
+        )?;
         fs::rename(&tmp, &p).map_err(io_err(&p, "commit tag index"))?;
         fsync_dir(&self.dir)
     }
@@ -920,7 +984,11 @@ mod tests {
         w.write_all(b"hellx").unwrap();
         assert!(matches!(w.commit(), Err(StoreError::DigestMismatch { .. })));
         assert!(!s.has_blob(&good));
-        assert_eq!(fs::read_dir(s.dir().join("ingest")).unwrap().count(), 0, "partial file removed");
+        assert_eq!(
+            fs::read_dir(s.dir().join("ingest")).unwrap().count(),
+            0,
+            "partial file removed"
+        );
         let mut w = s.ingest(good.clone(), Some(6)).unwrap();
         w.write_all(b"hello").unwrap();
         assert!(matches!(w.commit(), Err(StoreError::SizeMismatch { .. })));

@@ -69,7 +69,9 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
-    #[error("layer {layer}: uncompressed content has digest {actual}, the image config says {expected}")]
+    #[error(
+        "layer {layer}: uncompressed content has digest {actual}, the image config says {expected}"
+    )]
     DiffIdMismatch {
         layer: String,
         expected: Digest,
@@ -274,7 +276,10 @@ impl<'a> Ctx<'a> {
         // PAX global/extended headers and GNU long-name headers are consumed by the parser;
         // anything else we do not know is refused rather than guessed at.
         use tar::EntryType as E;
-        if matches!(kind, E::XGlobalHeader | E::XHeader | E::GNULongName | E::GNULongLink) {
+        if matches!(
+            kind,
+            E::XGlobalHeader | E::XHeader | E::GNULongName | E::GNULongLink
+        ) {
             return Ok(());
         }
         let comps = clean_components(&raw_path).map_err(|r| self.reject(&name, r))?;
@@ -282,7 +287,10 @@ impl<'a> Ctx<'a> {
         let Some((base, parents)) = comps.split_last() else {
             // The root entry ("./"): apply its mode and owner to the layer root.
             if kind == E::Directory {
-                let root = self.root.try_clone_to_owned().map_err(|e| self.io(&name, "dup", e))?;
+                let root = self
+                    .root
+                    .try_clone_to_owned()
+                    .map_err(|e| self.io(&name, "dup", e))?;
                 self.set_meta_fd(&name, &root, &meta, false)?;
                 self.dir_times.push((Vec::new(), meta.mtime));
             }
@@ -302,7 +310,11 @@ impl<'a> Ctx<'a> {
                 let fd = rfs::openat(
                     parent,
                     OsStr::from_bytes(base),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.io(&name, "create file", e))?;
@@ -349,8 +361,14 @@ impl<'a> Ctx<'a> {
                 let tparents: Vec<Vec<u8>> = tparents.iter().map(|c| c.to_vec()).collect();
                 let tparent = self.walk(&tparents, &name, false)?;
                 // The target must exist in this layer and must not be a directory.
-                let st = rfs::statat(&tparent, OsStr::from_bytes(tbase), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.reject(&name, format!("hardlink target is not in this layer ({e})")))?;
+                let st = rfs::statat(
+                    &tparent,
+                    OsStr::from_bytes(tbase),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| {
+                    self.reject(&name, format!("hardlink target is not in this layer ({e})"))
+                })?;
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                     return Err(self.reject(&name, "hardlink to a directory"));
                 }
@@ -408,7 +426,11 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
-    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta, UnpackError> {
+    fn meta<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> Result<Meta, UnpackError> {
         let h = entry.header();
         let bad = |what: &str| self.reject(name, format!("unreadable {what} in the tar header"));
         let mut m = Meta {
@@ -418,12 +440,19 @@ impl<'a> Ctx<'a> {
             mtime: h.mtime().map_err(|_| bad("mtime"))? as i64,
             xattrs: Vec::new(),
         };
-        if let Some(pax) = entry.pax_extensions().map_err(|e| self.io(name, "read pax header", e))? {
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| self.io(name, "read pax header", e))?
+        {
             for ext in pax {
                 let ext = ext.map_err(|e| self.io(name, "read pax header", e))?;
                 let Ok(key) = ext.key() else { continue };
                 let val = ext.value_bytes();
-                let num = || std::str::from_utf8(val).ok().and_then(|s| s.split('.').next()?.parse::<i64>().ok());
+                let num = || {
+                    std::str::from_utf8(val)
+                        .ok()
+                        .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
+                };
                 match key {
                     "uid" => m.uid = num().ok_or_else(|| bad("pax uid"))? as u32,
                     "gid" => m.gid = num().ok_or_else(|| bad("pax gid"))? as u32,
@@ -460,12 +489,16 @@ impl<'a> Ctx<'a> {
     /// Walks `comps` from the layer root, one `O_NOFOLLOW` openat per component. A symlink
     /// or non-directory on the way is refused (ELOOP/ENOTDIR), never followed.
     fn walk(&self, comps: &[Vec<u8>], name: &str, create: bool) -> Result<OwnedFd, UnpackError> {
-        let mut cur = self.root.try_clone_to_owned().map_err(|e| self.io(name, "dup", e))?;
+        let mut cur = self
+            .root
+            .try_clone_to_owned()
+            .map_err(|e| self.io(name, "dup", e))?;
         for c in comps {
             let c = OsStr::from_bytes(c);
             let next = match rfs::openat(&cur, c, dir_flags(), Mode::empty()) {
                 Err(Errno::NOENT) if create => {
-                    rfs::mkdirat(&cur, c, Mode::from_raw_mode(0o755)).map_err(|e| self.io(name, "mkdir parent", e))?;
+                    rfs::mkdirat(&cur, c, Mode::from_raw_mode(0o755))
+                        .map_err(|e| self.io(name, "mkdir parent", e))?;
                     rfs::openat(&cur, c, dir_flags(), Mode::empty())
                 }
                 r => r,
@@ -475,7 +508,10 @@ impl<'a> Ctx<'a> {
                 Err(Errno::LOOP | Errno::NOTDIR) => {
                     return Err(self.reject(
                         name,
-                        format!("path component {:?} is a symlink or not a directory", c.to_string_lossy()),
+                        format!(
+                            "path component {:?} is a symlink or not a directory",
+                            c.to_string_lossy()
+                        ),
                     ))
                 }
                 Err(e) => return Err(self.io(name, "open parent directory", e)),
@@ -484,11 +520,18 @@ impl<'a> Ctx<'a> {
         Ok(cur)
     }
 
-    fn open_dir(&self, parent: BorrowedFd<'_>, base: &[u8], name: &str) -> Result<OwnedFd, UnpackError> {
-        rfs::openat(parent, OsStr::from_bytes(base), dir_flags(), Mode::empty()).map_err(|e| match e {
-            Errno::LOOP | Errno::NOTDIR => self.reject(name, "directory is a symlink"),
-            e => self.io(name, "open directory", e),
-        })
+    fn open_dir(
+        &self,
+        parent: BorrowedFd<'_>,
+        base: &[u8],
+        name: &str,
+    ) -> Result<OwnedFd, UnpackError> {
+        rfs::openat(parent, OsStr::from_bytes(base), dir_flags(), Mode::empty()).map_err(
+            |e| match e {
+                Errno::LOOP | Errno::NOTDIR => self.reject(name, "directory is a symlink"),
+                e => self.io(name, "open directory", e),
+            },
+        )
     }
 
     /// Removes whatever is at `parent/base` (without following symlinks). Returns true when
@@ -515,7 +558,12 @@ impl<'a> Ctx<'a> {
         Ok(false)
     }
 
-    fn whiteout(&mut self, parent: BorrowedFd<'_>, base: &[u8], name: &str) -> Result<(), UnpackError> {
+    fn whiteout(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        base: &[u8],
+        name: &str,
+    ) -> Result<(), UnpackError> {
         if base == OPAQUE_MARKER {
             rfs::fsetxattr(parent, OVERLAY_OPAQUE_XATTR, b"y", rfs::XattrFlags::empty())
                 .map_err(|e| self.io(name, "set opaque xattr", e))?;
@@ -544,14 +592,23 @@ impl<'a> Ctx<'a> {
     }
 
     /// Owner, then mode (chown clears setuid, chown(2)), xattrs, times on an open fd.
-    fn set_meta_fd(&self, name: &str, fd: &OwnedFd, m: &Meta, times: bool) -> Result<(), UnpackError> {
-        rfs::fchown(fd, Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid))).map_err(|e| self.io(name, "chown", e))?;
+    fn set_meta_fd(
+        &self,
+        name: &str,
+        fd: &OwnedFd,
+        m: &Meta,
+        times: bool,
+    ) -> Result<(), UnpackError> {
+        rfs::fchown(fd, Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)))
+            .map_err(|e| self.io(name, "chown", e))?;
         rfs::fchmod(fd, Mode::from_raw_mode(m.mode)).map_err(|e| self.io(name, "chmod", e))?;
         for (k, v) in &m.xattrs {
             match rfs::fsetxattr(fd, k.as_str(), v, rfs::XattrFlags::empty()) {
                 Ok(()) => {}
                 // A filesystem without user xattrs: keep going, like GNU tar.
-                Err(Errno::NOTSUP) => debug!(layer = self.layer, entry = name, xattr = %k, "xattr not supported"),
+                Err(Errno::NOTSUP) => {
+                    debug!(layer = self.layer, entry = name, xattr = %k, "xattr not supported")
+                }
                 Err(e) => return Err(self.io(name, "set xattr", e)),
             }
         }
@@ -562,7 +619,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// Metadata for things that cannot be opened (symlinks, devices, fifos).
-    fn set_meta_at(&self, name: &str, parent: BorrowedFd<'_>, base: &[u8], m: &Meta) -> Result<(), UnpackError> {
+    fn set_meta_at(
+        &self,
+        name: &str,
+        parent: BorrowedFd<'_>,
+        base: &[u8],
+        m: &Meta,
+    ) -> Result<(), UnpackError> {
         let b = OsStr::from_bytes(base);
         rfs::chownat(
             parent,
@@ -572,11 +635,13 @@ impl<'a> Ctx<'a> {
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| self.io(name, "chown", e))?;
-        let st = rfs::statat(parent, b, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.io(name, "stat", e))?;
+        let st = rfs::statat(parent, b, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io(name, "stat", e))?;
         if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
             // fchmodat(2) follows symlinks, so only for non-symlinks (checked just above,
             // in a directory no one else writes to).
-            rfs::chmodat(parent, b, Mode::from_raw_mode(m.mode), AtFlags::empty()).map_err(|e| self.io(name, "chmod", e))?;
+            rfs::chmodat(parent, b, Mode::from_raw_mode(m.mode), AtFlags::empty())
+                .map_err(|e| self.io(name, "chmod", e))?;
         }
         rfs::utimensat(parent, b, &timestamps(m.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| self.io(name, "set times", e))?;
@@ -589,8 +654,11 @@ impl<'a> Ctx<'a> {
         for (path, mtime) in dirs.iter().rev() {
             let name = String::from_utf8_lossy(&path.join(&b'/')).into_owned();
             // A later entry may have replaced the directory; then there is nothing to do.
-            let Ok(fd) = self.walk(path, &name, false) else { continue };
-            rfs::futimens(&fd, &timestamps(*mtime)).map_err(|e| self.io(&name, "set directory times", e))?;
+            let Ok(fd) = self.walk(path, &name, false) else {
+                continue;
+            };
+            rfs::futimens(&fd, &timestamps(*mtime))
+                .map_err(|e| self.io(&name, "set directory times", e))?;
         }
         Ok(())
     }
@@ -641,7 +709,10 @@ pub fn remove_all_at(parent: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
 pub fn remove_all(path: &Path) -> io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     let Some(name) = path.file_name() else {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot remove a root path"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cannot remove a root path",
+        ));
     };
     let pfd = match rfs::open(parent, dir_flags(), Mode::empty()) {
         Ok(fd) => fd,
@@ -657,19 +728,28 @@ mod tests {
 
     #[test]
     fn clean_components_rules() {
-        assert_eq!(clean_components(b"./a//b/./c/").unwrap(), vec![&b"a"[..], b"b", b"c"]);
+        assert_eq!(
+            clean_components(b"./a//b/./c/").unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
         assert!(clean_components(b"/etc/passwd").is_err());
         assert!(clean_components(b"a/../../b").is_err());
         assert!(clean_components(b"..").is_err());
         assert!(clean_components(b"a\0b").is_err());
         assert!(clean_components(b"./").unwrap().is_empty());
-        assert_eq!(clean_components(b"..a/b..").unwrap(), vec![&b"..a"[..], b"b.."]);
+        assert_eq!(
+            clean_components(b"..a/b..").unwrap(),
+            vec![&b"..a"[..], b"b.."]
+        );
     }
 
     #[test]
     fn compression_by_magic() {
         assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::detect(b"bin/\0"), Compression::None);
     }
 }

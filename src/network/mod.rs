@@ -19,7 +19,8 @@
 //!                                                                  // ifindex 0 → eth0; first non-internal → default route
 //! mgr.detach(network, container_id).await
 //! mgr.publish(project, &[PortBinding]).await -> Vec<PublishedPort> // actual host ports (random ones resolved)
-//! mgr.unpublish(project, container_id).await
+//! mgr.unpublish(project, container_id).await / mgr.ports(project)  // `berth port`
+//! mgr.with_port_backend(PortBackend::Userland)                     // proxy instead of nft DNAT
 //! mgr.remove_network(name).await                                   // refuses while containers are attached
 //! mgr.teardown_project(project).await -> Result<(), Vec<NetworkError>>
 //! dns::Registry::new(project); registry.add(network, container, ip, names) / remove(..)
@@ -28,9 +29,17 @@
 //! mode::NetworkMode::parse("host" | "none" | "bridge" | "service:x" | "container:x")
 //! ```
 //!
-//! Order on `up`: `ensure_network` for each network → `create_netns` → `attach` per
-//! network (first one gives the default route) → register DNS names → write resolv.conf/
-//! hosts/hostname → `publish` → start the container joined to the netns.
+//! Submodules: `ipam` (pure address plans), `store` (records + lock), `netns` (pins,
+//! in-netns work), `link` (rtnetlink), `firewall` (nft table per project, iptables
+//! FORWARD DROP workaround, conntrack), `proxy` (userland fallback), `dns` (registry,
+//! hickory listener, upstream forwarding), `container_files`, `mode`.
+//!
+//! Order on `up`: `ensure_network` for each network → `DnsServer::spawn` on each gateway
+//! (needs the bridge address) → per container: `create_netns` → `attach` per network
+//! (first non-internal one gives the default route) → register DNS names → write
+//! resolv.conf/hosts/hostname → `publish` → start the container joined to the netns.
+//! On `down` (also after a crash): stop containers, drop the DNS servers, then
+//! `teardown_project` (nft table, iptables accepts, conntrack, veths, pins, bridges).
 
 pub mod container_files;
 pub mod dns;
@@ -39,6 +48,7 @@ pub mod ipam;
 pub mod link;
 pub mod mode;
 pub mod netns;
+pub mod proxy;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -233,6 +243,19 @@ pub struct NetworkManager {
     root: PathBuf,
     store: Store,
     links: HostLinks,
+    backend: PortBackend,
+    /// Userland proxies by (protocol, host port); empty with the nftables backend.
+    proxies: std::sync::Mutex<BTreeMap<(Protocol, u16), proxy::Proxy>>,
+}
+
+/// How published ports and the firewall are implemented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortBackend {
+    /// Kernel DNAT and isolation in one nft table per project (default).
+    Nftables,
+    /// No nftables on this host: ports are relayed by `proxy` tasks in this process, and
+    /// there is no isolation or egress masquerade.
+    Userland,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -260,12 +283,38 @@ fn incarnation() -> u128 {
 
 impl NetworkManager {
     /// Opens the host netlink socket. Call inside a tokio runtime.
+    /// The port backend is nftables when the `nft` binary runs, else the userland proxy.
     pub fn new(root: &Path) -> Result<Self, NetworkError> {
+        let nft = std::process::Command::new("nft")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !nft {
+            tracing::warn!("nft not found: published ports use the userland proxy, and projects are not isolated");
+        }
         Ok(NetworkManager {
             root: root.to_owned(),
             store: Store::new(root),
             links: HostLinks::connect()?,
+            backend: if nft {
+                PortBackend::Nftables
+            } else {
+                PortBackend::Userland
+            },
+            proxies: Default::default(),
         })
+    }
+
+    /// Forces a port backend (rootless mode, users who refuse route_localnet, tests).
+    pub fn with_port_backend(mut self, backend: PortBackend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    pub fn port_backend(&self) -> PortBackend {
+        self.backend
     }
 
     /// Where a container's netns pin lives. Pins under the state root are removed by
@@ -551,7 +600,7 @@ impl NetworkManager {
                 let mine = self.store.load_ports(&l, project)?;
                 // Sockets held until the records are saved, so a random port cannot be
                 // handed out twice by two concurrent publishes in this process.
-                let mut held: Vec<Box<dyn std::any::Any>> = Vec::new();
+                let mut held: Vec<HeldPort> = Vec::new();
                 for b in bindings {
                     for (host_port, container_port) in expand(b)? {
                         let host_ip = b.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
@@ -623,7 +672,11 @@ impl NetworkManager {
                 drop(held);
                 mine
             };
-            if let Err(e) = self.sync_firewall(project).await {
+            let applied = match self.backend {
+                PortBackend::Nftables => self.sync_firewall(project).await,
+                PortBackend::Userland => self.start_proxies(&new).await,
+            };
+            if let Err(e) = applied {
                 let l = self.store.lock()?;
                 self.store.save_ports(&l, project, &old)?;
                 return Err(e);
@@ -654,6 +707,7 @@ impl NetworkManager {
             self.store.save_ports(&l, project, &p)?;
             gone
         };
+        self.stop_proxies(&gone);
         self.sync_firewall(project).await?;
         let ports: Vec<_> = gone.iter().map(|r| (r.protocol, r.host_port)).collect();
         firewall::flush_conntrack(&[], &ports).await;
@@ -719,12 +773,15 @@ impl NetworkManager {
                 Err(e) => return Err(vec![e.into()]),
             };
             let recs: Vec<NetworkRecord> = recs;
-            if let Err(e) = firewall::delete(&firewall::table_name(project)).await {
-                errs.push(e.into());
+            if self.backend == PortBackend::Nftables {
+                if let Err(e) = firewall::delete(&firewall::table_name(project)).await {
+                    errs.push(e.into());
+                }
             }
             if let Err(e) = firewall::forward_drop_remove(project).await {
                 errs.push(e.into());
             }
+            self.stop_proxies(&ports);
             let subnets: Vec<Ipv4Net> = recs.iter().map(|r| r.subnet).collect();
             let pports: Vec<(Protocol, u16)> =
                 ports.iter().map(|r| (r.protocol, r.host_port)).collect();
@@ -778,6 +835,60 @@ impl NetworkManager {
         .await
     }
 
+    /// Starts userland proxies for new records; on failure stops the ones it started.
+    async fn start_proxies(&self, recs: &[PortRecord]) -> Result<(), NetworkError> {
+        let mut started: Vec<((Protocol, u16), proxy::Proxy)> = Vec::new();
+        for r in recs {
+            let key = (r.protocol, r.host_port);
+            if self
+                .proxies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&key)
+            {
+                continue;
+            }
+            let host_ip = r.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            match proxy::Proxy::spawn(
+                SocketAddrV4::new(host_ip, r.host_port),
+                SocketAddrV4::new(r.container_ip, r.container_port),
+                r.protocol,
+            )
+            .await
+            {
+                Ok(p) => started.push((key, p)),
+                Err(source) => {
+                    return Err(if source.kind() == std::io::ErrorKind::AddrInUse {
+                        NetworkError::PortInUse {
+                            host_ip,
+                            port: r.host_port,
+                            protocol: r.protocol,
+                        }
+                    } else {
+                        NetworkError::HostAddress {
+                            host_ip,
+                            port: r.host_port,
+                            protocol: r.protocol,
+                            source,
+                        }
+                    })
+                }
+            }
+        }
+        self.proxies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(started);
+        Ok(())
+    }
+
+    fn stop_proxies(&self, recs: &[PortRecord]) {
+        let mut p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        for r in recs {
+            p.remove(&(r.protocol, r.host_port));
+        }
+    }
+
     /// Rebuilds the project's nft table from the records (or deletes it when the project
     /// has no networks left), and handles a FORWARD DROP policy left by another tool.
     async fn sync_firewall(&self, project: &str) -> Result<(), NetworkError> {
@@ -796,6 +907,9 @@ impl NetworkManager {
                 .collect();
             (nets, self.store.load_ports(&l, project)?.ports)
         };
+        if self.backend == PortBackend::Userland {
+            return Ok(());
+        }
         let table = firewall::table_name(project);
         if nets.is_empty() {
             firewall::delete(&table).await?;
@@ -838,59 +952,62 @@ fn expand(b: &PortBinding) -> Result<Vec<(Option<u16>, u16)>, NetworkError> {
     }
 }
 
-/// Binds host_ip:port to prove it is free; returns the socket to hold.
-fn probe_port(
-    host_ip: Ipv4Addr,
-    port: u16,
-    proto: Protocol,
-) -> Result<Box<dyn std::any::Any>, NetworkError> {
-    let addr = SocketAddrV4::new(host_ip, port);
-    let res: std::io::Result<Box<dyn std::any::Any>> = match proto {
-        Protocol::Tcp => TcpListener::bind(addr).map(|s| Box::new(s) as _),
-        Protocol::Udp => UdpSocket::bind(addr).map(|s| Box::new(s) as _),
-    };
-    res.map_err(|source| {
-        if source.kind() == std::io::ErrorKind::AddrInUse {
-            NetworkError::PortInUse {
-                host_ip,
-                port,
-                protocol: proto,
+/// A bound host socket, kept until the port is recorded so nobody else takes it meanwhile.
+#[allow(dead_code)] // held for its Drop only
+enum HeldPort {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl HeldPort {
+    fn bind(addr: SocketAddrV4, proto: Protocol) -> std::io::Result<(HeldPort, u16)> {
+        match proto {
+            Protocol::Tcp => {
+                let s = TcpListener::bind(addr)?;
+                let p = s.local_addr()?.port();
+                Ok((HeldPort::Tcp(s), p))
             }
-        } else {
-            NetworkError::HostAddress {
-                host_ip,
-                port,
-                protocol: proto,
-                source,
+            Protocol::Udp => {
+                let s = UdpSocket::bind(addr)?;
+                let p = s.local_addr()?.port();
+                Ok((HeldPort::Udp(s), p))
             }
         }
-    })
+    }
+}
+
+/// Binds host_ip:port to prove it is free; returns the socket to hold.
+fn probe_port(host_ip: Ipv4Addr, port: u16, proto: Protocol) -> Result<HeldPort, NetworkError> {
+    HeldPort::bind(SocketAddrV4::new(host_ip, port), proto)
+        .map(|(h, _)| h)
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                NetworkError::PortInUse {
+                    host_ip,
+                    port,
+                    protocol: proto,
+                }
+            } else {
+                NetworkError::HostAddress {
+                    host_ip,
+                    port,
+                    protocol: proto,
+                    source,
+                }
+            }
+        })
 }
 
 /// A free ephemeral port chosen by the kernel, with its socket still bound.
-fn random_port(
-    host_ip: Ipv4Addr,
-    proto: Protocol,
-) -> Result<(Box<dyn std::any::Any>, u16), NetworkError> {
-    let addr = SocketAddrV4::new(host_ip, 0);
-    let err = |source| NetworkError::HostAddress {
-        host_ip,
-        port: 0,
-        protocol: proto,
-        source,
-    };
-    match proto {
-        Protocol::Tcp => {
-            let s = TcpListener::bind(addr).map_err(err)?;
-            let p = s.local_addr().map_err(err)?.port();
-            Ok((Box::new(s), p))
+fn random_port(host_ip: Ipv4Addr, proto: Protocol) -> Result<(HeldPort, u16), NetworkError> {
+    HeldPort::bind(SocketAddrV4::new(host_ip, 0), proto).map_err(|source| {
+        NetworkError::HostAddress {
+            host_ip,
+            port: 0,
+            protocol: proto,
+            source,
         }
-        Protocol::Udp => {
-            let s = UdpSocket::bind(addr).map_err(err)?;
-            let p = s.local_addr().map_err(err)?.port();
-            Ok((Box::new(s), p))
-        }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -244,6 +244,7 @@ fn apply_env_files(
 }
 
 fn read_raw(path: &Path, stdin: Option<&str>) -> Result<Vec<Node>, LoadError> {
+    tracing::debug!(file = %path.display(), "reading compose file");
     let text = if path.as_os_str() == discover::STDIN {
         stdin.map(str::to_string).ok_or_else(|| LoadError::Read {
             path: path.to_path_buf(),

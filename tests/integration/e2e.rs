@@ -151,3 +151,111 @@ fn supervisor_pid(env: &TestEnv) -> Option<i32> {
     }
     None
 }
+
+/// Data a container writes to a named volume survives `down` + `up`, and `down -v`
+/// removes the volume.
+#[test]
+fn named_volume_survives_down_and_goes_with_down_v() {
+    require_root!();
+    let env = TestEnv::new("e2e-vol");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "vol",
+        "services:\n  db:\n    image: busybox\n    volumes: [db_data:/var/lib/db]\n    command: [sh, -c, 'echo boot >> /var/lib/db/boots; exec sleep 3600']\nvolumes:\n  db_data: {}\n",
+    );
+    let vol_data = env
+        .root
+        .join("volumes")
+        .join(format!("{}_db_data", env.project))
+        .join("_data/boots");
+    env.compose_ok(&dir, &["up", "-d"]);
+    eventually(Duration::from_secs(5), || {
+        match std::fs::read_to_string(&vol_data) {
+            Ok(s) if s.lines().count() == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    env.compose_ok(&dir, &["down"]);
+    assert!(vol_data.exists(), "down must keep named volumes");
+    env.compose_ok(&dir, &["up", "-d"]);
+    eventually(Duration::from_secs(5), || {
+        match std::fs::read_to_string(&vol_data) {
+            Ok(s) if s.lines().count() == 2 => Ok(()),
+            other => Err(format!("second boot not recorded: {other:?}")),
+        }
+    });
+    env.compose_ok(&dir, &["down", "-v"]);
+    assert!(!vol_data.exists(), "down -v must remove the volume");
+    env.finish();
+}
+
+/// `depends_on: condition: service_healthy`: web starts only after db's healthcheck
+/// passes; `service_completed_successfully`: migrate must have exited 0 first.
+#[test]
+fn depends_on_healthy_and_completed() {
+    require_root!();
+    let env = TestEnv::new("e2e-health");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "health",
+        r#"
+services:
+  db:
+    image: busybox
+    command: [sh, -c, "sleep 1; touch /tmp/ready; exec sleep 3600"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 200ms
+      retries: 30
+  migrate:
+    image: busybox
+    command: [sh, -c, "sleep 0.5; exit 0"]
+  web:
+    image: busybox
+    depends_on:
+      db: {condition: service_healthy}
+      migrate: {condition: service_completed_successfully}
+    command: [sh, -c, "ping -c1 -W1 db >/dev/null 2>&1; nslookup db >/dev/null 2>&1; exec sleep 3600"]
+"#,
+    );
+    let t = std::time::Instant::now();
+    env.compose_ok(&dir, &["up", "-d"]);
+    // up returns after db turned healthy (≥ 1 s after its start).
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    let rows = ps_json(&env, &dir);
+    let state = |svc: &str| {
+        rows.iter()
+            .find(|r| r["service"] == svc)
+            .map(|r| r["state"].as_str().unwrap().to_string())
+    };
+    assert_eq!(state("web").as_deref(), Some("running"));
+    assert_eq!(state("migrate").as_deref(), Some("exited"));
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// A failing `service_completed_successfully` dependency fails `up` with a clear error,
+/// and the dependent is never created.
+#[test]
+fn failed_dependency_stops_up() {
+    require_root!();
+    let env = TestEnv::new("e2e-depfail");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "depfail",
+        "services:\n  migrate:\n    image: busybox\n    command: [sh, -c, 'exit 3']\n  web:\n    image: busybox\n    depends_on:\n      migrate: {condition: service_completed_successfully}\n    command: [sleep, '3600']\n",
+    );
+    let (code, _out, err) = env.compose(&dir, &["up", "-d"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("service migrate didn't complete successfully: exit 3"),
+        "{err}"
+    );
+    let rows = ps_json(&env, &dir);
+    assert!(rows.iter().all(|r| r["service"] != "web"), "{rows:?}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}

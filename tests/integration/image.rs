@@ -36,7 +36,13 @@ impl Forge {
         }
     }
 
-    fn header(kind: tar::EntryType, path: &str, link: Option<&str>, size: u64, mode: u32) -> tar::Header {
+    fn header(
+        kind: tar::EntryType,
+        path: &str,
+        link: Option<&str>,
+        size: u64,
+        mode: u32,
+    ) -> tar::Header {
         let mut h = tar::Header::new_gnu();
         {
             let old = h.as_old_mut();
@@ -56,7 +62,13 @@ impl Forge {
     }
 
     fn file(mut self, path: &str, data: &[u8]) -> Self {
-        let h = Self::header(tar::EntryType::Regular, path, None, data.len() as u64, 0o644);
+        let h = Self::header(
+            tar::EntryType::Regular,
+            path,
+            None,
+            data.len() as u64,
+            0o644,
+        );
         self.b.append(&h, data).unwrap();
         self
     }
@@ -120,7 +132,11 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
                 walk(base, &p, out);
                 "dir".into()
             } else {
-                format!("file:{}:{:o}", String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()), m.mode())
+                format!(
+                    "file:{}:{:o}",
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()),
+                    m.mode()
+                )
             };
             out.insert(rel, v);
         }
@@ -134,7 +150,10 @@ fn tree(dir: &Path) -> BTreeMap<String, String> {
 #[test]
 fn malicious_tars_are_rejected_or_harmless() {
     require_root!();
-    let t = tempfile::Builder::new().prefix("bt-unpack-").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("bt-unpack-")
+        .tempdir()
+        .unwrap();
     let outside = t.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("victim"), b"original").unwrap();
@@ -161,31 +180,145 @@ fn malicious_tars_are_rejected_or_harmless() {
         devices: DevicePolicy::Create,
     };
     let cases = vec![
-        rej("dotdot traversal", Forge::new().file("../outside/pwned", b"x").bytes(), "../outside/pwned"),
-        rej("nested dotdot", Forge::new().dir("a/").file("a/../../outside/pwned", b"x").bytes(), "a/../../outside/pwned"),
-        rej("absolute path", Forge::new().file(&format!("{out_abs}/pwned"), b"x").bytes(), "/pwned"),
-        rej("write through absolute symlink", Forge::new().symlink("link", &out_abs).file("link/pwned", b"x").bytes(), "link/pwned"),
-        rej("write through relative symlink", Forge::new().symlink("link", "../outside").file("link/victim", b"x").bytes(), "link/victim"),
-        rej("symlink chain", Forge::new().symlink("b", "../outside").symlink("a", "b").file("a/pwned", b"x").bytes(), "a/pwned"),
-        rej("hardlink dotdot", Forge::new().hardlink("hl", "../outside/victim").bytes(), "hl"),
-        rej("hardlink absolute", Forge::new().hardlink("hl", &format!("{out_abs}/victim")).bytes(), "hl"),
-        rej("hardlink via symlinked dir", Forge::new().symlink("link", "../outside").hardlink("hl", "link/victim").bytes(), "hl"),
-        rej("whiteout of dot", Forge::new().file(".wh..", b"").bytes(), ".wh.."),
-        rej("whiteout of dotdot", Forge::new().file(".wh...", b"").bytes(), ".wh..."),
-        rej("whiteout through symlink", Forge::new().symlink("link", "../outside").file("link/.wh.victim", b"").bytes(), "link/.wh.victim"),
-        rej("opaque through symlink", Forge::new().symlink("link", "../outside").file("link/.wh..wh..opq", b"").bytes(), "link/.wh..wh..opq"),
-        rej("forged overlay opaque xattr", Forge::new().xattr_dir("d/", "trusted.overlay.opaque", b"y").bytes(), "d"),
-        rej("forged overlay redirect xattr", Forge::new().xattr_file("f", "trusted.overlay.redirect", b"/etc").bytes(), "f"),
-        rej("forged userxattr overlay", Forge::new().xattr_file("f", "user.overlay.opaque", b"y").bytes(), "f"),
+        rej(
+            "dotdot traversal",
+            Forge::new().file("../outside/pwned", b"x").bytes(),
+            "../outside/pwned",
+        ),
+        rej(
+            "nested dotdot",
+            Forge::new()
+                .dir("a/")
+                .file("a/../../outside/pwned", b"x")
+                .bytes(),
+            "a/../../outside/pwned",
+        ),
+        rej(
+            "absolute path",
+            Forge::new().file(&format!("{out_abs}/pwned"), b"x").bytes(),
+            "/pwned",
+        ),
+        rej(
+            "write through absolute symlink",
+            Forge::new()
+                .symlink("link", &out_abs)
+                .file("link/pwned", b"x")
+                .bytes(),
+            "link/pwned",
+        ),
+        rej(
+            "write through relative symlink",
+            Forge::new()
+                .symlink("link", "../outside")
+                .file("link/victim", b"x")
+                .bytes(),
+            "link/victim",
+        ),
+        rej(
+            "symlink chain",
+            Forge::new()
+                .symlink("b", "../outside")
+                .symlink("a", "b")
+                .file("a/pwned", b"x")
+                .bytes(),
+            "a/pwned",
+        ),
+        rej(
+            "hardlink dotdot",
+            Forge::new().hardlink("hl", "../outside/victim").bytes(),
+            "hl",
+        ),
+        rej(
+            "hardlink absolute",
+            Forge::new()
+                .hardlink("hl", &format!("{out_abs}/victim"))
+                .bytes(),
+            "hl",
+        ),
+        rej(
+            "hardlink via symlinked dir",
+            Forge::new()
+                .symlink("link", "../outside")
+                .hardlink("hl", "link/victim")
+                .bytes(),
+            "hl",
+        ),
+        rej(
+            "whiteout of dot",
+            Forge::new().file(".wh..", b"").bytes(),
+            ".wh..",
+        ),
+        rej(
+            "whiteout of dotdot",
+            Forge::new().file(".wh...", b"").bytes(),
+            ".wh...",
+        ),
+        rej(
+            "whiteout through symlink",
+            Forge::new()
+                .symlink("link", "../outside")
+                .file("link/.wh.victim", b"")
+                .bytes(),
+            "link/.wh.victim",
+        ),
+        rej(
+            "opaque through symlink",
+            Forge::new()
+                .symlink("link", "../outside")
+                .file("link/.wh..wh..opq", b"")
+                .bytes(),
+            "link/.wh..wh..opq",
+        ),
+        rej(
+            "forged overlay opaque xattr",
+            Forge::new()
+                .xattr_dir("d/", "trusted.overlay.opaque", b"y")
+                .bytes(),
+            "d",
+        ),
+        rej(
+            "forged overlay redirect xattr",
+            Forge::new()
+                .xattr_file("f", "trusted.overlay.redirect", b"/etc")
+                .bytes(),
+            "f",
+        ),
+        rej(
+            "forged userxattr overlay",
+            Forge::new()
+                .xattr_file("f", "user.overlay.opaque", b"y")
+                .bytes(),
+            "f",
+        ),
         Case {
             name: "device node where forbidden",
             tar: Forge::new().chardev("dev/mem", 1, 1).bytes(),
             rejects: Some("dev/mem"),
             devices: DevicePolicy::Reject,
         },
-        ok("symlink replaced by a file", Forge::new().symlink("victim", &format!("{out_abs}/victim")).file("victim", b"mine").bytes()),
-        ok("symlink replaced by a dir with children", Forge::new().symlink("d", "../outside").dir("d/").file("d/victim", b"mine").bytes()),
-        ok("hardlink to an outside-pointing symlink, then rewritten", Forge::new().symlink("s", "../outside/victim").hardlink("h", "s").file("h", b"mine").bytes()),
+        ok(
+            "symlink replaced by a file",
+            Forge::new()
+                .symlink("victim", &format!("{out_abs}/victim"))
+                .file("victim", b"mine")
+                .bytes(),
+        ),
+        ok(
+            "symlink replaced by a dir with children",
+            Forge::new()
+                .symlink("d", "../outside")
+                .dir("d/")
+                .file("d/victim", b"mine")
+                .bytes(),
+        ),
+        ok(
+            "hardlink to an outside-pointing symlink, then rewritten",
+            Forge::new()
+                .symlink("s", "../outside/victim")
+                .hardlink("h", "s")
+                .file("h", b"mine")
+                .bytes(),
+        ),
     ];
     assert!(cases.iter().filter(|c| c.rejects.is_some()).count() >= 12);
     for (i, c) in cases.into_iter().enumerate() {
@@ -200,8 +333,16 @@ fn malicious_tars_are_rejected_or_harmless() {
         match (c.rejects, res) {
             (Some(entry), Err(e @ UnpackError::Rejected { .. })) => {
                 let msg = e.to_string();
-                assert!(msg.contains(&layer), "{}: error does not name the layer: {msg}", c.name);
-                assert!(msg.contains(entry), "{}: error does not name the entry {entry:?}: {msg}", c.name);
+                assert!(
+                    msg.contains(&layer),
+                    "{}: error does not name the layer: {msg}",
+                    c.name
+                );
+                assert!(
+                    msg.contains(entry),
+                    "{}: error does not name the entry {entry:?}: {msg}",
+                    c.name
+                );
             }
             (Some(_), other) => panic!("{}: expected a rejection, got {other:?}", c.name),
             (None, Ok(_)) => {}
@@ -210,8 +351,17 @@ fn malicious_tars_are_rejected_or_harmless() {
         // Nothing outside the target changed.
         let mut now = tree(t.path());
         now.retain(|k, _| !k.starts_with("target"));
-        assert_eq!(now, before, "{}: something outside the target changed", c.name);
-        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"original", "{}", c.name);
+        assert_eq!(
+            now, before,
+            "{}: something outside the target changed",
+            c.name
+        );
+        assert_eq!(
+            std::fs::read(outside.join("victim")).unwrap(),
+            b"original",
+            "{}",
+            c.name
+        );
     }
 }
 
@@ -220,10 +370,21 @@ fn malicious_tars_are_rejected_or_harmless() {
 #[test]
 fn unpack_formats_and_metadata() {
     require_root!();
-    let t = tempfile::Builder::new().prefix("bt-unpack-").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("bt-unpack-")
+        .tempdir()
+        .unwrap();
     let long = "n".repeat(150);
     let mut b = tar::Builder::new(Vec::new());
-    fn add(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, path: &str, link: Option<&str>, data: &[u8], mode: u32, uid: u64) {
+    fn add(
+        b: &mut tar::Builder<Vec<u8>>,
+        kind: tar::EntryType,
+        path: &str,
+        link: Option<&str>,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+    ) {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(mode);
@@ -236,16 +397,73 @@ fn unpack_formats_and_metadata() {
             None => b.append_data(&mut h, path, data).unwrap(),
         }
     }
-    add(&mut b, tar::EntryType::Directory, "d/", None, b"", 0o700, 1000);
-    add(&mut b, tar::EntryType::Regular, "d/suid", None, b"#!", 0o4755, 0);
-    add(&mut b, tar::EntryType::Link, "d/hard", Some("d/suid"), b"", 0o4755, 0);
-    add(&mut b, tar::EntryType::Symlink, "d/sym", Some("/etc/passwd"), b"", 0o777, 0);
+    add(
+        &mut b,
+        tar::EntryType::Directory,
+        "d/",
+        None,
+        b"",
+        0o700,
+        1000,
+    );
+    add(
+        &mut b,
+        tar::EntryType::Regular,
+        "d/suid",
+        None,
+        b"#!",
+        0o4755,
+        0,
+    );
+    add(
+        &mut b,
+        tar::EntryType::Link,
+        "d/hard",
+        Some("d/suid"),
+        b"",
+        0o4755,
+        0,
+    );
+    add(
+        &mut b,
+        tar::EntryType::Symlink,
+        "d/sym",
+        Some("/etc/passwd"),
+        b"",
+        0o777,
+        0,
+    );
     add(&mut b, tar::EntryType::Fifo, "d/fifo", None, b"", 0o600, 0);
-    add(&mut b, tar::EntryType::Regular, &format!("d/{long}"), None, b"long", 0o644, 0);
-    add(&mut b, tar::EntryType::Regular, "d/.wh.gone", None, b"", 0o644, 0);
+    add(
+        &mut b,
+        tar::EntryType::Regular,
+        &format!("d/{long}"),
+        None,
+        b"long",
+        0o644,
+        0,
+    );
+    add(
+        &mut b,
+        tar::EntryType::Regular,
+        "d/.wh.gone",
+        None,
+        b"",
+        0o644,
+        0,
+    );
     add(&mut b, tar::EntryType::Directory, "o/", None, b"", 0o755, 0);
-    add(&mut b, tar::EntryType::Regular, "o/.wh..wh..opq", None, b"", 0o644, 0);
-    b.append_pax_extensions([("SCHILY.xattr.user.note", &b"hello"[..])]).unwrap();
+    add(
+        &mut b,
+        tar::EntryType::Regular,
+        "o/.wh..wh..opq",
+        None,
+        b"",
+        0o644,
+        0,
+    );
+    b.append_pax_extensions([("SCHILY.xattr.user.note", &b"hello"[..])])
+        .unwrap();
     add(&mut b, tar::EntryType::Regular, "x", None, b"x", 0o644, 0);
     let plain = b.into_inner().unwrap();
     let diff_id = Digest::of(&plain);
@@ -261,16 +479,30 @@ fn unpack_formats_and_metadata() {
         assert_eq!(rep.diff_id, diff_id, "{name}");
         let md = |p: &str| std::fs::symlink_metadata(target.join(p)).unwrap();
         assert_eq!((md("d").uid(), md("d").mode() & 0o7777), (1000, 0o700));
-        assert_eq!(md("d/suid").mode() & 0o7777, 0o4755, "setuid kept after chown");
+        assert_eq!(
+            md("d/suid").mode() & 0o7777,
+            0o4755,
+            "setuid kept after chown"
+        );
         assert_eq!(md("d/suid").ino(), md("d/hard").ino());
-        assert_eq!(std::fs::read_link(target.join("d/sym")).unwrap(), Path::new("/etc/passwd"));
+        assert_eq!(
+            std::fs::read_link(target.join("d/sym")).unwrap(),
+            Path::new("/etc/passwd")
+        );
         assert!(md("d/fifo").file_type().is_fifo());
-        assert_eq!(std::fs::read(target.join(format!("d/{long}"))).unwrap(), b"long");
+        assert_eq!(
+            std::fs::read(target.join(format!("d/{long}"))).unwrap(),
+            b"long"
+        );
         let wh = md("d/gone");
-        assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "whiteout is a 0/0 char device");
+        assert!(
+            wh.file_type().is_char_device() && wh.rdev() == 0,
+            "whiteout is a 0/0 char device"
+        );
         assert!(!target.join("d/.wh.gone").exists());
         assert!(!target.join("o/.wh..wh..opq").exists());
-        let opq = rustix::fs::getxattr(target.join("o"), "trusted.overlay.opaque", &mut [0u8; 8]).unwrap();
+        let opq = rustix::fs::getxattr(target.join("o"), "trusted.overlay.opaque", &mut [0u8; 8])
+            .unwrap();
         assert_eq!(opq, 1);
         let mut buf = [0u8; 16];
         let n = rustix::fs::getxattr(target.join("x"), "user.note", &mut buf).unwrap();
@@ -293,24 +525,39 @@ fn unpack_formats_and_metadata() {
 /// layer whose content does not match its DiffID leaves no layer dir behind.
 #[test]
 fn corrupted_blob_is_rejected_and_retry_succeeds() {
-    let t = tempfile::Builder::new().prefix("bt-store-").tempdir().unwrap();
+    let t = tempfile::Builder::new()
+        .prefix("bt-store-")
+        .tempdir()
+        .unwrap();
     let store = Store::open(t.path()).unwrap();
-    let layer = berth_fixtures::gzip(&berth_fixtures::layer_tar(&berth_fixtures::layered_upper_layers()[0]).unwrap()).unwrap();
+    let layer = berth_fixtures::gzip(
+        &berth_fixtures::layer_tar(&berth_fixtures::layered_upper_layers()[0]).unwrap(),
+    )
+    .unwrap();
     let digest = Digest::of(&layer);
     let mut corrupt = layer.clone();
     let mid = corrupt.len() / 2;
     corrupt[mid] ^= 0xff;
-    let err = store.put_blob_from(&mut corrupt.as_slice(), &digest, Some(layer.len() as u64)).unwrap_err();
+    let err = store
+        .put_blob_from(&mut corrupt.as_slice(), &digest, Some(layer.len() as u64))
+        .unwrap_err();
     assert!(err.to_string().contains(digest.as_str()), "{err}");
     assert!(!store.has_blob(&digest));
     let leftovers = |sub: &str| std::fs::read_dir(store.dir().join(sub)).unwrap().count();
     assert_eq!(leftovers("ingest"), 0);
     assert_eq!(leftovers("blobs/sha256"), 0);
-    assert_eq!(store.put_blob_from(&mut layer.as_slice(), &digest, Some(layer.len() as u64)).unwrap(), digest);
+    assert_eq!(
+        store
+            .put_blob_from(&mut layer.as_slice(), &digest, Some(layer.len() as u64))
+            .unwrap(),
+        digest
+    );
     assert!(store.has_blob(&digest));
     if support::is_root() {
         let wrong_diff = Digest::of(b"not the diff id");
-        assert!(store.ensure_layer(&wrong_diff, &wrong_diff, &digest).is_err());
+        assert!(store
+            .ensure_layer(&wrong_diff, &wrong_diff, &digest)
+            .is_err());
         assert!(!store.has_layer(&wrong_diff));
         assert_eq!(leftovers("tmp"), 0, "temp unpack dir removed");
         assert_eq!(leftovers("layers"), 0);
@@ -320,12 +567,35 @@ fn corrupted_blob_is_rejected_and_retry_succeeds() {
 // ------------------------------------------------------------------ CLI: load, import, save
 
 fn ok(out: (i32, String, String)) -> String {
-    assert_eq!(out.0, 0, "berth failed:\nstdout: {}\nstderr: {}", out.1, out.2);
+    assert_eq!(
+        out.0, 0,
+        "berth failed:\nstdout: {}\nstderr: {}",
+        out.1, out.2
+    );
     out.1
 }
 
 fn inspect(env: &TestEnv, name: &str) -> serde_json::Value {
-    let s = ok(env.run(&["image", "inspect", name]));
+    inspect_at(&env.root, name)
+}
+
+/// berth with another state root (a second store in the same test: a second `TestEnv`
+/// would wait for the kernel lock the first one holds).
+fn run_at(root: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(support::berth_bin())
+        .env("BERTH_ROOT", root)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn inspect_at(root: &Path, name: &str) -> serde_json::Value {
+    let s = ok(run_at(root, &["image", "inspect", name]));
     let v: serde_json::Value = serde_json::from_str(&s).unwrap();
     v[0].clone()
 }
@@ -337,19 +607,39 @@ fn load_list_tag_inspect_remove() {
     require_root!();
     let env = TestEnv::new("imgload");
     let d = images::busybox_digests();
-    let out = ok(env.run(&["image", "load", "-i", images::busybox_layout().to_str().unwrap(), "--name", "busybox"]));
+    let out = ok(env.run(&[
+        "image",
+        "load",
+        "-i",
+        images::busybox_layout().to_str().unwrap(),
+        "--name",
+        "busybox",
+    ]));
     assert!(out.contains("Loaded image: busybox:latest"), "{out}");
     let list = ok(env.run(&["images"]));
-    assert!(list.lines().any(|l| l.starts_with("busybox") && l.contains("latest")), "{list}");
-    assert!(list.contains(&d.config["sha256:".len()..][..12]), "short id shown: {list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("busybox") && l.contains("latest")),
+        "{list}"
+    );
+    assert!(
+        list.contains(&d.config["sha256:".len()..][..12]),
+        "short id shown: {list}"
+    );
     ok(env.run(&["image", "tag", "busybox", "127.0.0.1:5999/mine:v1"]));
     let v = inspect(&env, "127.0.0.1:5999/mine:v1");
     assert_eq!(v["Id"], d.config);
     assert_eq!(v["Config"]["Cmd"], json!(["sh"]));
     assert_eq!(v["Manifest"]["Digest"], d.manifest);
     assert_eq!(v["RootFS"]["Layers"], json!(d.diff_ids));
-    let lower = v["GraphDriver"]["Data"]["LowerDirs"][0].as_str().unwrap().to_string();
-    assert!(Path::new(&lower).join("bin/busybox").is_file(), "layer unpacked at {lower}");
+    let lower = v["GraphDriver"]["Data"]["LowerDirs"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        Path::new(&lower).join("bin/busybox").is_file(),
+        "layer unpacked at {lower}"
+    );
     // Two tags: rm by id refuses without -f.
     let (code, _, err) = env.run(&["image", "rm", &d.config]);
     assert_ne!(code, 0);
@@ -358,16 +648,28 @@ fn load_list_tag_inspect_remove() {
     ok(env.run(&["image", "rm", "127.0.0.1:5999/mine:v1"]));
     let cdir = env.root.join("containers/c1");
     std::fs::create_dir_all(&cdir).unwrap();
-    std::fs::write(cdir.join("state.json"), json!({"image": d.config}).to_string()).unwrap();
+    std::fs::write(
+        cdir.join("state.json"),
+        json!({"image": d.config}).to_string(),
+    )
+    .unwrap();
     let (code, _, err) = env.run(&["image", "rm", "busybox"]);
     assert_ne!(code, 0, "in-use image removed");
     assert!(err.contains("in use"), "{err}");
     std::fs::remove_dir_all(env.root.join("containers")).unwrap();
     ok(env.run(&["image", "rm", "busybox"]));
-    assert!(!Path::new(&lower).exists(), "layer collected after the last tag went");
+    assert!(
+        !Path::new(&lower).exists(),
+        "layer collected after the last tag went"
+    );
     let store = Store::open(&env.root).unwrap();
     assert!(store.list().unwrap().is_empty());
-    assert_eq!(std::fs::read_dir(store.dir().join("blobs/sha256")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
     env.finish();
 }
 
@@ -394,27 +696,41 @@ fn import_then_save_load_round_trip() {
     assert_eq!(v["Id"].as_str().unwrap(), id.trim());
     assert_eq!(v["Config"]["Cmd"], json!(["/bin/sh", "-c", "echo hi"]));
     assert_eq!(v["Config"]["WorkingDir"], "/tmp");
-    assert_eq!(v["RootFS"]["Layers"][0].as_str().unwrap(), Digest::of(&std::fs::read(&tar).unwrap()).as_str());
+    assert_eq!(
+        v["RootFS"]["Layers"][0].as_str().unwrap(),
+        Digest::of(&std::fs::read(&tar).unwrap()).as_str()
+    );
     let lower = PathBuf::from(v["GraphDriver"]["Data"]["LowerDirs"][0].as_str().unwrap());
     assert!(lower.join("bin/busybox").is_file());
     let out = env.root.join("saved.tar");
-    ok(env.run(&["image", "save", "-o", out.to_str().unwrap(), "bt-imported:1"]));
+    ok(env.run(&[
+        "image",
+        "save",
+        "-o",
+        out.to_str().unwrap(),
+        "bt-imported:1",
+    ]));
     // The archive is an OCI layout and a docker-archive at once.
     let mut names = Vec::new();
-    for e in tar::Archive::new(std::fs::File::open(&out).unwrap()).entries().unwrap() {
+    for e in tar::Archive::new(std::fs::File::open(&out).unwrap())
+        .entries()
+        .unwrap()
+    {
         names.push(e.unwrap().path().unwrap().display().to_string());
     }
     for n in ["oci-layout", "index.json", "manifest.json"] {
         assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
     }
-    let env2 = TestEnv::new("imgload2");
-    let loaded = ok(env2.run(&["image", "load", "-i", out.to_str().unwrap()]));
+    let root2 = env.root.join("second-root");
+    let loaded = ok(run_at(
+        &root2,
+        &["image", "load", "-i", out.to_str().unwrap()],
+    ));
     assert!(loaded.contains("bt-imported:1"), "{loaded}");
-    let v2 = inspect(&env2, "bt-imported:1");
+    let v2 = inspect_at(&root2, "bt-imported:1");
     assert_eq!(v2["Id"], v["Id"]);
     assert_eq!(v2["Manifest"]["Digest"], v["Manifest"]["Digest"]);
     assert_eq!(v2["RootFS"], v["RootFS"]);
-    env2.finish();
     env.finish();
 }
 
@@ -446,17 +762,29 @@ fn layered_image_overlay_view() {
     let loaded = berth::image::archive::load(&store, &images::layered_layout()).unwrap();
     let img = &loaded[0].image;
     assert_eq!(img.layers.len(), 3);
-    assert_eq!(img.manifest_digest.as_str(), images::layered_digests().manifest);
+    assert_eq!(
+        img.manifest_digest.as_str(),
+        images::layered_digests().manifest
+    );
     let target = env.root.join("merged");
     std::fs::create_dir_all(&target).unwrap();
     let opt = berth::image::overlay::lowerdir_option(&img.layers).unwrap();
     let out = mount_overlay(&opt, &target, None);
-    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let check = std::panic::catch_unwind(|| {
         for e in berth_fixtures::layered_expected_view() {
             let p = target.join(&e.path);
             let m = std::fs::symlink_metadata(&p).unwrap_or_else(|_| panic!("{} missing", e.path));
-            assert_eq!((m.uid() as u64, m.gid() as u64), (e.uid, e.gid), "owner of {}", e.path);
+            assert_eq!(
+                (m.uid() as u64, m.gid() as u64),
+                (e.uid, e.gid),
+                "owner of {}",
+                e.path
+            );
             match &e.kind {
                 EntryKind::Dir => assert!(m.is_dir(), "{}", e.path),
                 EntryKind::File(want) => {
@@ -471,7 +799,10 @@ fn layered_image_overlay_view() {
             }
         }
         for p in berth_fixtures::layered_absent_paths() {
-            assert!(std::fs::symlink_metadata(target.join(p)).is_err(), "{p} must be absent");
+            assert!(
+                std::fs::symlink_metadata(target.join(p)).is_err(),
+                "{p} must be absent"
+            );
         }
         assert!(target.join("bin/busybox").is_file());
     });
@@ -502,29 +833,53 @@ fn many_layer_image_mounts() {
         h.set_mtime(0);
         let data = format!("layer {i}\n");
         h.set_size(data.len() as u64);
-        b.append_data(&mut h, format!("f{i}"), data.as_bytes()).unwrap();
+        b.append_data(&mut h, format!("f{i}"), data.as_bytes())
+            .unwrap();
         // Every layer rewrites `top`: the highest one must win.
         h.set_size(data.len() as u64);
         b.append_data(&mut h, "top", data.as_bytes()).unwrap();
         layers.push(b.into_inner().unwrap());
     }
     write_layout(&layout, &layers, "many:latest");
-    let img = berth::image::archive::load(&store, &layout).unwrap().remove(0).image;
+    let img = berth::image::archive::load(&store, &layout)
+        .unwrap()
+        .remove(0)
+        .image;
     let abs = berth::image::overlay::lowerdir_option(&img.layers).unwrap();
-    assert!(!berth::image::overlay::fits_mount_data(&abs, 0), "test needs a chain beyond the page");
+    assert!(
+        !berth::image::overlay::fits_mount_data(&abs, 0),
+        "test needs a chain beyond the page"
+    );
     let rel = berth::image::overlay::relative_lowerdirs(
-        &img.layer_links.iter().map(|l| img.store_dir.join(l)).collect::<Vec<_>>(),
+        &img.layer_links
+            .iter()
+            .map(|l| img.store_dir.join(l))
+            .collect::<Vec<_>>(),
         &img.store_dir,
     )
     .unwrap();
-    assert!(berth::image::overlay::fits_mount_data(&rel, 0), "{} bytes", rel.len());
+    assert!(
+        berth::image::overlay::fits_mount_data(&rel, 0),
+        "{} bytes",
+        rel.len()
+    );
     let target = env.root.join("merged");
     std::fs::create_dir_all(&target).unwrap();
     let out = mount_overlay(&rel, &target, Some(&img.store_dir));
-    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let res = std::panic::catch_unwind(|| {
-        assert_eq!(std::fs::read_to_string(target.join("f0")).unwrap(), "layer 0\n");
-        assert_eq!(std::fs::read_to_string(target.join("top")).unwrap(), format!("layer {}\n", n - 1));
+        assert_eq!(
+            std::fs::read_to_string(target.join("f0")).unwrap(),
+            "layer 0\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(target.join("top")).unwrap(),
+            format!("layer {}\n", n - 1)
+        );
     });
     umount(&target);
     if let Err(e) = res {
@@ -586,8 +941,18 @@ fn upload_blob(reg: &Registry, repo: &str, data: &[u8]) -> Digest {
         .send_empty()
         .unwrap();
     assert_eq!(start.status(), 202);
-    let loc = start.headers().get("location").unwrap().to_str().unwrap().to_string();
-    let url = if loc.starts_with("http") { loc } else { format!("http://{}{}", reg.addr, loc) };
+    let loc = start
+        .headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let url = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("http://{}{}", reg.addr, loc)
+    };
     let sep = if url.contains('?') { '&' } else { '?' };
     let put = a
         .put(format!("{url}{sep}digest={d}"))
@@ -600,7 +965,10 @@ fn upload_blob(reg: &Registry, repo: &str, data: &[u8]) -> Digest {
 
 fn put_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
     let put = agent()
-        .put(format!("http://{}/v2/{repo}/manifests/{reference}", reg.addr))
+        .put(format!(
+            "http://{}/v2/{repo}/manifests/{reference}",
+            reg.addr
+        ))
         .header("Content-Type", media_type)
         .send(body)
         .unwrap();
@@ -608,7 +976,12 @@ fn put_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &str, b
 }
 
 fn layout_blob(layout: &Path, d: &str) -> Vec<u8> {
-    std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap()
+    std::fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:")),
+    )
+    .unwrap()
 }
 
 /// Pull of a single OCI manifest; the layers arrive verified, unpacked and tagged.
@@ -620,9 +993,16 @@ fn pull_single_manifest_from_registry() {
     reg.push_layout(&images::busybox_layout(), "fixture/busybox", "oci");
     let r = format!("{}/fixture/busybox:oci", reg.addr);
     let out = env.berth().args(["image", "pull", &r]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("Pull complete"), "plain progress lines off a TTY: {stderr}");
+    assert!(
+        stderr.contains("Pull complete"),
+        "plain progress lines off a TTY: {stderr}"
+    );
     let v = inspect(&env, &r);
     let d = images::busybox_digests();
     assert_eq!(v["Manifest"]["Digest"], d.manifest);
@@ -647,7 +1027,8 @@ fn pull_index_and_docker_manifest_list() {
     let repo = "fixture/busybox";
     let layer = layout_blob(&layout, &d.layers[0]);
     let layer_d = upload_blob(&reg, repo, &layer);
-    let config: serde_json::Value = serde_json::from_slice(&layout_blob(&layout, &d.config)).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&layout_blob(&layout, &d.config)).unwrap();
     let host_cfg = serde_json::to_vec(&config).unwrap();
     let mut arm = config.clone();
     arm["architecture"] = json!("arm64");
@@ -659,20 +1040,29 @@ fn pull_index_and_docker_manifest_list() {
     let intoto_d = upload_blob(&reg, repo, intoto);
     let empty_cfg = b"{}";
     let empty_d = upload_blob(&reg, repo, empty_cfg);
-    let manifest = |mt: &str, cmt: &str, lmt: &str, cd: &Digest, csize: usize, ld: &Digest, lsize: usize| {
-        serde_json::to_vec(&json!({
-            "schemaVersion": 2, "mediaType": mt,
-            "config": {"mediaType": cmt, "digest": cd, "size": csize},
-            "layers": [{"mediaType": lmt, "digest": ld, "size": lsize}]
-        }))
-        .unwrap()
-    };
+    let manifest =
+        |mt: &str, cmt: &str, lmt: &str, cd: &Digest, csize: usize, ld: &Digest, lsize: usize| {
+            serde_json::to_vec(&json!({
+                "schemaVersion": 2, "mediaType": mt,
+                "config": {"mediaType": cmt, "digest": cd, "size": csize},
+                "layers": [{"mediaType": lmt, "digest": ld, "size": lsize}]
+            }))
+            .unwrap()
+        };
     const OM: &str = "application/vnd.oci.image.manifest.v1+json";
     const OC: &str = "application/vnd.oci.image.config.v1+json";
     const OL: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
     let host_m = manifest(OM, OC, OL, &host_cd, host_cfg.len(), &layer_d, layer.len());
     let arm_m = manifest(OM, OC, OL, &arm_cd, arm_cfg.len(), &layer_d, layer.len());
-    let att_m = manifest(OM, OC, "application/vnd.in-toto+json", &empty_d, empty_cfg.len(), &intoto_d, intoto.len());
+    let att_m = manifest(
+        OM,
+        OC,
+        "application/vnd.in-toto+json",
+        &empty_d,
+        empty_cfg.len(),
+        &intoto_d,
+        intoto.len(),
+    );
     for m in [&host_m, &arm_m, &att_m] {
         put_manifest(&reg, repo, Digest::of(m).as_str(), OM, m);
     }
@@ -691,16 +1081,28 @@ fn pull_index_and_docker_manifest_list() {
         ]
     }))
     .unwrap();
-    put_manifest(&reg, repo, "index", "application/vnd.oci.image.index.v1+json", &index);
+    put_manifest(
+        &reg,
+        repo,
+        "index",
+        "application/vnd.oci.image.index.v1+json",
+        &index,
+    );
     let r = format!("{}/{repo}:index", reg.addr);
     ok(env.run(&["image", "pull", "-q", &r]));
     let v = inspect(&env, &r);
-    assert_eq!(v["Manifest"]["Digest"].as_str().unwrap(), Digest::of(&host_m).as_str());
+    assert_eq!(
+        v["Manifest"]["Digest"].as_str().unwrap(),
+        Digest::of(&host_m).as_str()
+    );
     assert_eq!(v["Architecture"], arch);
     if arch == "amd64" {
         ok(env.run(&["image", "pull", "-q", "--platform", "linux/arm64/v8", &r]));
         let v = inspect(&env, &r);
-        assert_eq!(v["Manifest"]["Digest"].as_str().unwrap(), Digest::of(&arm_m).as_str());
+        assert_eq!(
+            v["Manifest"]["Digest"].as_str().unwrap(),
+            Digest::of(&arm_m).as_str()
+        );
         let (code, _, err) = env.run(&["image", "pull", "--platform", "linux/s390x", &r]);
         assert_ne!(code, 0);
         assert!(err.contains("linux/s390x"), "{err}");
@@ -725,11 +1127,20 @@ fn pull_index_and_docker_manifest_list() {
         ]
     }))
     .unwrap();
-    put_manifest(&reg, repo, "v2list", "application/vnd.docker.distribution.manifest.list.v2+json", &list);
+    put_manifest(
+        &reg,
+        repo,
+        "v2list",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        &list,
+    );
     let r = format!("{}/{repo}:v2list", reg.addr);
     ok(env.run(&["image", "pull", "-q", &r]));
     let v = inspect(&env, &r);
-    assert_eq!(v["Manifest"]["Digest"].as_str().unwrap(), Digest::of(&host_dm).as_str());
+    assert_eq!(
+        v["Manifest"]["Digest"].as_str().unwrap(),
+        Digest::of(&host_dm).as_str()
+    );
     assert!(v["GraphDriver"]["Data"]["LowerDirs"][0].as_str().is_some());
     drop(reg);
     env.finish();
@@ -742,21 +1153,29 @@ fn push_then_pull_round_trip() {
     require_root!();
     let env = TestEnv::new("imgpush");
     let reg = Registry::start();
-    ok(env.run(&["image", "load", "-q", "-i", images::layered_layout().to_str().unwrap(), "--name", "layered"]));
+    ok(env.run(&[
+        "image",
+        "load",
+        "-q",
+        "-i",
+        images::layered_layout().to_str().unwrap(),
+        "--name",
+        "layered",
+    ]));
     let r = format!("{}/bt/layered:1", reg.addr);
     ok(env.run(&["image", "tag", "layered", &r]));
     let out = ok(env.run(&["image", "push", &r]));
     assert!(out.contains("4 blobs uploaded, 0 already present"), "{out}");
     let out = ok(env.run(&["image", "push", &r]));
     assert!(out.contains("0 blobs uploaded, 4 already present"), "{out}");
-    let env2 = TestEnv::new("imgpush2");
-    ok(env2.run(&["image", "pull", "-q", &r]));
-    let (a, b) = (inspect(&env, &r), inspect(&env2, &r));
+    let root2 = env.root.join("second-root");
+    ok(run_at(&root2, &["image", "pull", "-q", &r]));
+    let (a, b) = (inspect(&env, &r), inspect_at(&root2, &r));
     assert_eq!(a["Manifest"]["Digest"], b["Manifest"]["Digest"]);
     assert_eq!(a["Id"], b["Id"]);
+    assert_eq!(b["RootFS"], a["RootFS"]);
     assert_eq!(b["Manifest"]["Digest"], images::layered_digests().manifest);
     drop(reg);
-    env2.finish();
     env.finish();
 }
 
@@ -788,7 +1207,13 @@ impl MockRegistry {
         std::thread::spawn(move || {
             for conn in l.incoming() {
                 let Ok(mut s) = conn else { break };
-                let (layout, t, u, a, c) = (layout.clone(), t2.clone(), u2.clone(), a2.clone(), corrupt.clone());
+                let (layout, t, u, a, c) = (
+                    layout.clone(),
+                    t2.clone(),
+                    u2.clone(),
+                    a2.clone(),
+                    corrupt.clone(),
+                );
                 std::thread::spawn(move || {
                     let _ = serve(&mut s, &layout, mode, &t, &u, &a, &c);
                 });
@@ -818,7 +1243,10 @@ fn serve(
             return Ok(());
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let (method, path) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
         let mut headers = BTreeMap::new();
         loop {
             let mut h = String::new();
@@ -837,7 +1265,12 @@ fn serve(
             AuthMode::Bearer => auth == "Bearer tok-123",
             AuthMode::Basic => auth == basic,
         };
-        let mut respond = |status: &str, ctype: &str, extra: &str, body: &[u8], head: bool| -> std::io::Result<()> {
+        let mut respond = |status: &str,
+                           ctype: &str,
+                           extra: &str,
+                           body: &[u8],
+                           head: bool|
+         -> std::io::Result<()> {
             write!(
                 s,
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n",
@@ -851,23 +1284,38 @@ fn serve(
         let head = method == "HEAD";
         if path.starts_with("/token") {
             tokens.fetch_add(1, Ordering::SeqCst);
-            respond("200 OK", "application/json", "", br#"{"token":"tok-123","expires_in":300}"#, head)?;
+            respond(
+                "200 OK",
+                "application/json",
+                "",
+                br#"{"token":"tok-123","expires_in":300}"#,
+                head,
+            )?;
             continue;
         }
         if !authorized {
             unauthorized.fetch_add(1, Ordering::SeqCst);
             let challenge = match mode {
-                AuthMode::Bearer => format!("WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"mock\"\r\n"),
+                AuthMode::Bearer => format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"mock\"\r\n"
+                ),
                 AuthMode::Basic => "WWW-Authenticate: Basic realm=\"mock\"\r\n".to_string(),
             };
-            respond("401 Unauthorized", "application/json", &challenge, br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#, head)?;
+            respond(
+                "401 Unauthorized",
+                "application/json",
+                &challenge,
+                br#"{"errors":[{"code":"UNAUTHORIZED"}]}"#,
+                head,
+            )?;
             continue;
         }
         if path == "/v2/" {
             respond("200 OK", "application/json", "", b"{}", head)?;
             continue;
         }
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json"))?)?;
         let mdesc = &index["manifests"][0];
         if let Some((_, reference)) = path.split_once("/manifests/") {
             let d = if reference.starts_with("sha256:") {
@@ -875,13 +1323,25 @@ fn serve(
             } else {
                 mdesc["digest"].as_str().unwrap().to_string()
             };
-            let body = std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:")))?;
+            let body = std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+            )?;
             let extra = format!("Docker-Content-Digest: {d}\r\n");
-            respond("200 OK", mdesc["mediaType"].as_str().unwrap(), &extra, &body, head)?;
+            respond(
+                "200 OK",
+                mdesc["mediaType"].as_str().unwrap(),
+                &extra,
+                &body,
+                head,
+            )?;
             continue;
         }
         if let Some((_, d)) = path.split_once("/blobs/") {
-            let p = layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+            let p = layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:"));
             match std::fs::read(p) {
                 Ok(mut body) => {
                     let mut c = corrupt.lock().unwrap();
@@ -917,7 +1377,11 @@ fn token_auth_and_corrupted_blob_retry() {
     require_root!();
     let env = TestEnv::new("imgtoken");
     let d = images::busybox_digests();
-    let mock = MockRegistry::start(images::busybox_layout(), AuthMode::Bearer, Some((d.layers[0].clone(), 5)));
+    let mock = MockRegistry::start(
+        images::busybox_layout(),
+        AuthMode::Bearer,
+        Some((d.layers[0].clone(), 5)),
+    );
     let r = format!("{}/fixture/busybox:latest", mock.addr);
     let (code, _, err) = env.run(&["image", "pull", "-q", &r]);
     assert_ne!(code, 0, "a corrupted layer must fail the pull");
@@ -925,12 +1389,29 @@ fn token_auth_and_corrupted_blob_retry() {
     let store = Store::open(&env.root).unwrap();
     let blob = Digest::parse(&d.layers[0]).unwrap();
     assert!(!store.has_blob(&blob));
-    assert_eq!(std::fs::read_dir(store.dir().join("ingest")).unwrap().count(), 0, "no partial download left");
-    assert_eq!(std::fs::read_dir(store.dir().join("layers")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("ingest"))
+            .unwrap()
+            .count(),
+        0,
+        "no partial download left"
+    );
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("layers"))
+            .unwrap()
+            .count(),
+        0
+    );
     assert!(store.list().unwrap().is_empty(), "nothing tagged");
     ok(env.run(&["image", "pull", "-q", &r]));
-    assert!(mock.tokens.load(Ordering::SeqCst) >= 1, "token endpoint used");
-    assert!(mock.unauthorized.load(Ordering::SeqCst) >= 1, "the 401 challenge was met first");
+    assert!(
+        mock.tokens.load(Ordering::SeqCst) >= 1,
+        "token endpoint used"
+    );
+    assert!(
+        mock.unauthorized.load(Ordering::SeqCst) >= 1,
+        "the 401 challenge was met first"
+    );
     assert_eq!(inspect(&env, &r)["Id"], d.config);
     env.finish();
 }
@@ -944,14 +1425,269 @@ fn basic_auth_from_docker_config() {
     let r = format!("{}/fixture/busybox:latest", mock.addr);
     let nocreds = env.root.join("nocreds");
     std::fs::create_dir_all(&nocreds).unwrap();
-    let out = env.berth().env("DOCKER_CONFIG", &nocreds).args(["image", "pull", "-q", &r]).output().unwrap();
+    let out = env
+        .berth()
+        .env("DOCKER_CONFIG", &nocreds)
+        .args(["image", "pull", "-q", &r])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "pull without credentials must fail");
     let cfgdir = env.root.join("docker");
     std::fs::create_dir_all(&cfgdir).unwrap();
     let cfg = json!({"auths": {mock.addr.clone(): {"auth": base64_encode(b"bob:s3cret")}}});
     std::fs::write(cfgdir.join("config.json"), cfg.to_string()).unwrap();
-    let out = env.berth().env("DOCKER_CONFIG", &cfgdir).args(["image", "pull", "-q", &r]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .berth()
+        .env("DOCKER_CONFIG", &cfgdir)
+        .args(["image", "pull", "-q", &r])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(inspect(&env, &r)["Id"], images::busybox_digests().config);
+    env.finish();
+}
+
+// ------------------------------------------------------------------ runtime and concurrency
+
+/// An image imported from a rootfs tar runs as a container: its layer dirs become the
+/// runtime's overlay lowerdirs and its config gives the command, env and workdir.
+#[test]
+fn imported_rootfs_runs_a_container() {
+    use berth_runtime::{ContainerId, ContainerSpec, Rootfs, Runtime};
+    require_root!();
+    let env = TestEnv::new("imgrun");
+    let tar = images::busybox_rootfs_tar();
+    ok(env.run(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "bt-run:1",
+        "--change",
+        r#"CMD ["sh", "-c", "echo $GREETING from $(pwd)"]"#,
+        "--change",
+        "ENV GREETING=imported",
+        "--change",
+        "WORKDIR /tmp",
+    ]));
+    let store = Store::open(&env.root).unwrap();
+    let img = store.get("bt-run:1").unwrap();
+    let rt = Runtime::new(env.root.join("containers")).with_helper(support::berth_bin());
+    let (upper, work) = (env.root.join("c/upper"), env.root.join("c/work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut spec = ContainerSpec::new(
+        ContainerId::new("bt-imgrun").unwrap(),
+        Rootfs::Overlay {
+            lower: img.layers.clone(),
+            upper,
+            work,
+        },
+        img.config.config.cmd.clone().unwrap(),
+    );
+    spec.env = img.config.config.env.clone().unwrap_or_default();
+    spec.working_dir = img.config.config.working_dir.clone();
+    let c = rt.run(&spec).unwrap_or_else(|e| panic!("run: {e}"));
+    let exit = c
+        .wait(Some(Duration::from_secs(60)))
+        .expect("container exits");
+    let log: String = berth_runtime::log::read_log(&c.log_path())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l.log)
+        .collect();
+    c.delete().unwrap();
+    assert_eq!(exit.code, 0, "{exit:?}: {log}");
+    assert!(log.contains("imported from /tmp"), "{log}");
+    env.finish();
+}
+
+/// Two berth processes pulling the same image into one store at the same time both
+/// succeed (flock on the tag index, atomic renames for blobs and layers) and the store
+/// ends consistent, with one copy of each layer.
+#[test]
+fn concurrent_pulls_share_the_store() {
+    require_root!();
+    let env = TestEnv::new("imgconc");
+    let reg = Registry::start();
+    reg.push_layout(&images::layered_layout(), "fixture/layered", "latest");
+    let r = format!("{}/fixture/layered:latest", reg.addr);
+    let spawn = || {
+        env.berth()
+            .args(["image", "pull", "-q", &r])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let store = Store::open(&env.root).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("layers"))
+            .unwrap()
+            .count(),
+        3
+    );
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("tmp")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("ingest"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        inspect(&env, &r)["Manifest"]["Digest"],
+        images::layered_digests().manifest
+    );
+    drop(reg);
+    env.finish();
+}
+
+// ------------------------------------------------------------------ benchmark
+
+/// Deterministic, incompressible-ish bytes (xorshift), so the image is ~50 MB compressed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Pull + unpack of a ~50 MB, 4-layer image from the local registry with berth, against
+/// `skopeo copy` + `umoci raw unpack` of the same image in the same run (interleaved, 3
+/// rounds, medians). Prints both and the ratio; the target is berth faster than both
+/// together. Run it on a release build:
+/// `cargo test --release --test integration image::bench_pull_unpack -- --ignored --nocapture`
+#[test]
+#[ignore = "benchmark: run explicitly, on a release build"]
+fn bench_pull_unpack() {
+    require_root!();
+    let env = TestEnv::new("imgbench");
+    let reg = Registry::start();
+    let layout = env.root.join("bench-oci");
+    let mut layers = Vec::new();
+    for l in 0..4u64 {
+        let mut b = tar::Builder::new(Vec::new());
+        for f in 0..1500u64 {
+            // Half random (incompressible), half text: ~8 kB of tar per file, ~12 MB a layer.
+            let mut data = noise(l * 100_000 + f, 4096);
+            data.extend(std::iter::repeat_n(b'a' + (f % 26) as u8, 4096));
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, format!("l{l}/d{}/f{f}", f % 30), data.as_slice())
+                .unwrap();
+        }
+        layers.push(berth_fixtures::gzip(&b.into_inner().unwrap()).unwrap());
+    }
+    let total: usize = layers.iter().map(Vec::len).sum();
+    // An OCI layout of gzip layers (write_layout writes plain-tar media types, so by hand).
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let put = |b: &[u8]| {
+        let d = Digest::of(b);
+        std::fs::write(layout.join("blobs/sha256").join(d.hex()), b).unwrap();
+        d
+    };
+    let mut diff_ids = Vec::new();
+    let mut descs = Vec::new();
+    for l in &layers {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(l.as_slice()), &mut plain)
+            .unwrap();
+        diff_ids.push(Digest::of(&plain));
+        descs.push(json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": l.len()}));
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": berth_fixtures::oci_arch(), "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}
+    }))
+    .unwrap();
+    let cd = put(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": descs
+    }))
+    .unwrap();
+    let md = put(&manifest);
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len()}]});
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    reg.push_layout(&layout, "bench/big", "latest");
+    let r = format!("{}/bench/big:latest", reg.addr);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let root = env.root.join(format!("berth-{round}"));
+        let t = std::time::Instant::now();
+        ok(run_at(&root, &["image", "pull", "-q", &r]));
+        ours.push(t.elapsed());
+        let dir = env.root.join(format!("skopeo-{round}"));
+        let t = std::time::Instant::now();
+        let st = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{r}"),
+            ])
+            .arg(format!("oci:{}:latest", dir.display()))
+            .status()
+            .unwrap();
+        assert!(st.success(), "skopeo copy");
+        let st = std::process::Command::new("umoci")
+            .args(["raw", "unpack", "--image"])
+            .arg(format!("{}:latest", dir.display()))
+            .arg(env.root.join(format!("umoci-rootfs-{round}")))
+            .status()
+            .unwrap();
+        assert!(st.success(), "umoci raw unpack");
+        theirs.push(t.elapsed());
+    }
+    let (o, t) = (median(ours.clone()), median(theirs.clone()));
+    println!(
+        "pull+unpack of {:.1} MB in 4 layers from 127.0.0.1 (median of 3)",
+        total as f64 / 1e6
+    );
+    println!("  berth image pull:                 {o:?} (runs {ours:?})");
+    println!("  skopeo copy + umoci raw unpack:   {t:?} (runs {theirs:?})");
+    println!(
+        "  ratio berth / (skopeo+umoci):     {:.2}",
+        o.as_secs_f64() / t.as_secs_f64()
+    );
+    drop(reg);
     env.finish();
 }

@@ -4,7 +4,8 @@
 //! extended/included files), an optional `case.json` with loader options, and either
 //! `expected.json` (the project as `berth config --format json` prints it) or
 //! `expected-error.txt` (the exact error message). The case directory's absolute path is
-//! written `$CASE` in both. `case.json` keys: `files`, `workdir`, `env`, `profiles`,
+//! written `$CASE` in both; `expected.json` adds `x-disabled-services` (services switched
+//! off by their profiles) when there are any, which `berth config` does not print. `case.json` keys: `files`, `workdir`, `env`, `profiles`,
 //! `project_name`, `project_directory`, `env_files`, `services`, `no_interpolate`, `stdin`
 //! (a file of the case fed as standard input).
 //!
@@ -576,8 +577,9 @@ fn berth_config_cli() {
 
     let bad = cases_dir().join("err-depends-cycle");
     let out = std::process::Command::new(bin)
-        .args(["config", "-q", "-f"])
+        .arg("-f")
         .arg(bad.join("compose.yaml"))
+        .args(["config", "-q"])
         .output()
         .expect("berth runs");
     assert!(!out.status.success());

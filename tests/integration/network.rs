@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use berth::network::dns::{DnsServer, Registry, Upstream};
 use berth::network::netns::{create_netns, remove_netns};
 use berth::network::{
-    NetworkError, NetworkInfo, NetworkManager, NetworkSpec, PortBinding, PortRange, Protocol,
+    NetworkError, NetworkInfo, NetworkManager, NetworkSpec, PortBackend, PortBinding, PortRange,
+    Protocol,
 };
 
 use crate::support::{self, eventually, TestEnv};
@@ -278,6 +279,18 @@ fn same_project_reaches_by_name_alias_and_container_name() {
             wget_in(&a, &format!("http://{}:8080/", b_ips[0]), 2)
         });
         assert_eq!(body.trim(), "hello from b");
+        // Scaled: a second replica of `b` makes two A records; the in-memory update is
+        // seen by the next query.
+        reg.add(
+            &net.name,
+            "b2",
+            Ipv4Addr::new(172, 17, 0, 99),
+            &["b".into()],
+        );
+        let mut both = vec![b_ips[0], Ipv4Addr::new(172, 17, 0, 99)];
+        both.sort();
+        assert_eq!(nslookup(&a, "b", net.gateway).unwrap(), both);
+        reg.remove_container("b2");
         // Unknown names of the project are NXDOMAIN and never forwarded.
         let err = nslookup(&a, "nosuch", net.gateway).unwrap_err();
         assert!(err.contains("NXDOMAIN"), "{err}");
@@ -1114,6 +1127,8 @@ fn dns_forwards_to_a_stub_and_answers_aaaa_empty() {
                 q(fwd_addr, "web", 28),
                 q(none_addr, "outside.example", 1),
                 q(fwd_addr, "nosuch", 1),
+                raw_query_over(fwd_addr, "web", 1, true),
+                raw_query_over(fwd_addr, "outside.example", 1, true),
             )
         })
         .await
@@ -1132,6 +1147,16 @@ fn dns_forwards_to_a_stub_and_answers_aaaa_empty() {
         );
         assert_eq!(r.3 .0, 2, "no upstream: SERVFAIL");
         assert_eq!(r.4 .0, 3, "unknown single label: NXDOMAIN");
+        assert_eq!(
+            r.5 .1,
+            vec![Ipv4Addr::new(10, 0, 0, 2)],
+            "local answer over TCP"
+        );
+        assert_eq!(
+            r.6 .1,
+            vec![Ipv4Addr::new(192, 0, 2, 7)],
+            "forwarded over TCP"
+        );
 
         // Latency from a client: sequential queries, median.
         let (med, qps) = tokio::task::spawn_blocking(move || {
@@ -1160,17 +1185,40 @@ fn dns_forwards_to_a_stub_and_answers_aaaa_empty() {
 
 /// A minimal DNS client: one query, returns (rcode, A addresses, flags).
 fn raw_query(server: SocketAddr, name: &str, qtype: u16) -> (u8, Vec<Ipv4Addr>, u16) {
+    raw_query_over(server, name, qtype, false)
+}
+
+/// Like `raw_query`, over UDP or TCP (2-byte length prefix, RFC 1035 §4.2.2).
+fn raw_query_over(
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+    tcp: bool,
+) -> (u8, Vec<Ipv4Addr>, u16) {
+    use std::io::{Read, Write};
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
         q.push(label.len() as u8);
         q.extend_from_slice(label.as_bytes());
     }
     q.extend_from_slice(&[0, (qtype >> 8) as u8, qtype as u8, 0, 1]);
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s.send_to(&q, server).unwrap();
-    let mut buf = [0u8; 1500];
-    let (n, _) = s.recv_from(&mut buf).expect("dns answer");
+    let mut buf = vec![0u8; 1500];
+    let n = if tcp {
+        let mut s = std::net::TcpStream::connect(server).expect("tcp connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(&(q.len() as u16).to_be_bytes()).unwrap();
+        s.write_all(&q).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).expect("dns answer length");
+        let n = u16::from_be_bytes(len) as usize;
+        s.read_exact(&mut buf[..n]).expect("dns answer");
+        n
+    } else {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.send_to(&q, server).unwrap();
+        s.recv_from(&mut buf).expect("dns answer").0
+    };
     let b = &buf[..n];
     assert_eq!(&b[..2], &[0x12, 0x34]);
     let flags = u16::from_be_bytes([b[2], b[3]]);
@@ -1422,38 +1470,11 @@ fn bench_dns_qps_from_container() {
         let server = dns.local_addr();
         let clients = 16;
         let f = std::fs::File::open(&c).unwrap();
+        // setns on a thread of our own, never on a pooled runtime thread.
         let (total, mut lat) = tokio::task::spawn_blocking(move || {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let deadline = Instant::now() + Duration::from_secs(2);
-            let handles: Vec<_> = (0..clients)
-                .map(|_| {
-                    // Threads started here inherit the container's namespace.
-                    std::thread::spawn(move || {
-                        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                        s.connect(server).unwrap();
-                        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-                        let q = [
-                            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1,
-                            0, 1,
-                        ];
-                        let mut buf = [0u8; 512];
-                        let mut lat = Vec::new();
-                        while Instant::now() < deadline {
-                            let t = Instant::now();
-                            s.send(&q).unwrap();
-                            if s.recv(&mut buf).is_ok() {
-                                lat.push(t.elapsed());
-                            }
-                        }
-                        lat
-                    })
-                })
-                .collect();
-            let lat: Vec<Duration> = handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap())
-                .collect();
-            (lat.len(), lat)
+            std::thread::spawn(move || bench_clients(f, server, clients))
+                .join()
+                .unwrap()
         })
         .await
         .unwrap();
@@ -1466,6 +1487,115 @@ fn bench_dns_qps_from_container() {
         assert!(total > 0);
         dns.shutdown().await;
         mgr.teardown_project(&p).await.expect("teardown");
+    });
+    drop(rt);
+    drop(_pins);
+    drop(_ns);
+    env.finish();
+}
+
+/// Enters the netns open in `f` and runs `clients` sequential query loops for 2 s.
+fn bench_clients(f: std::fs::File, server: SocketAddr, clients: usize) -> (usize, Vec<Duration>) {
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            // Threads started here inherit the container's namespace.
+            std::thread::spawn(move || {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.connect(server).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let q = [
+                    0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 1, 0, 1,
+                ];
+                let mut buf = [0u8; 512];
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    s.send(&q).unwrap();
+                    if s.recv(&mut buf).is_ok() {
+                        lat.push(t.elapsed());
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat: Vec<Duration> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    (lat.len(), lat)
+}
+
+#[test]
+fn userland_proxy_publishes_tcp_and_udp_without_nftables() {
+    crate::require_root!();
+    let env = TestEnv::new("net-proxy");
+    let _ns = support::enter_fresh_netns();
+    let _pins = PinSweeper(vec![env.root.join("netns")]);
+    let rt = runtime();
+    rt.block_on(async {
+        let mgr = NetworkManager::new(&env.root)
+            .expect("manager")
+            .with_port_backend(PortBackend::Userland);
+        let p = env.project.clone();
+        let net = mgr
+            .ensure_network(&spec(&p, &format!("{p}_default")))
+            .await
+            .expect("network");
+        let tables = output({
+            let mut c = Command::new("nft");
+            c.args(["list", "tables"]);
+            c
+        })
+        .unwrap();
+        assert!(
+            !tables.contains("berth"),
+            "userland backend wrote nft rules: {tables}"
+        );
+        let (c, ips) = container(&mgr, "web1", &[(&net, None)]).await;
+        let _h = httpd(&c, &www(&env.root, "web", "via proxy"), 8080);
+        let echo = udp_echo(&c, 5300);
+        let mk = |cport: u16, protocol| PortBinding {
+            container: "web1".into(),
+            host_ip: Some(Ipv4Addr::LOCALHOST),
+            host_port: None,
+            container_ip: ips[0],
+            container_port: PortRange::single(cport),
+            protocol,
+        };
+        let ports = mgr
+            .publish(&p, &[mk(8080, Protocol::Tcp), mk(5300, Protocol::Udp)])
+            .await
+            .expect("publish");
+        let (tcp, udp) = (ports[0].host_port, ports[1].host_port);
+        let url = format!("http://127.0.0.1:{tcp}/");
+        let body = tokio::task::spawn_blocking(move || {
+            eventually(Duration::from_secs(5), || wget_host(&url, 2))
+        })
+        .await
+        .unwrap();
+        assert_eq!(body.trim(), "via proxy");
+        let got = tokio::task::spawn_blocking(move || {
+            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            u.send_to(b"ping", ("127.0.0.1", udp)).unwrap();
+            let mut buf = [0u8; 16];
+            let n = u.recv_from(&mut buf).map(|(n, _)| n).unwrap_or(0);
+            let _ = u.send_to(b"bye", ("127.0.0.1", udp));
+            buf[..n].to_vec()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, b"ping");
+        let _ = echo.join();
+
+        // Unpublish stops the listener: the port is free again.
+        mgr.unpublish(&p, "web1").await.expect("unpublish");
+        std::net::TcpListener::bind(("127.0.0.1", tcp)).expect("port released after unpublish");
+        mgr.teardown_project(&p).await.expect("teardown");
+        assert_eq!(leftovers(&mgr, &env.root).await, Vec::<String>::new());
     });
     drop(rt);
     drop(_pins);

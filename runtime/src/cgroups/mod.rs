@@ -55,7 +55,9 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the {controller} controller is not available for {path}, needed for the {what} limit")]
+    #[error(
+        "the {controller} controller is not available for {path}, needed for the {what} limit"
+    )]
     ControllerMissing {
         controller: &'static str,
         what: &'static str,
@@ -124,8 +126,20 @@ pub trait CgroupManager: std::fmt::Debug + Send + Sync {
 
 /// Every v1 controller name (super options also hold flags such as `xattr`, `noprefix`).
 const V1_CONTROLLERS: [&str; 14] = [
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
-    "perf_event", "hugetlb", "pids", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
 ];
 
 /// One `cgroup`/`cgroup2` line of mountinfo.
@@ -141,7 +155,9 @@ pub(crate) struct CgroupMount {
 pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let l: Vec<&str> = left.split(' ').collect();
         let r: Vec<&str> = right.split(' ').collect();
         if l.len() < 5 || r.len() < 3 {
@@ -149,14 +165,22 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
         }
         let mountpoint = PathBuf::from(unescape_octal(l[4]));
         match r[0] {
-            "cgroup2" => out.push(CgroupMount { mountpoint, v2: true, controllers: vec![] }),
+            "cgroup2" => out.push(CgroupMount {
+                mountpoint,
+                v2: true,
+                controllers: vec![],
+            }),
             "cgroup" => {
                 let controllers = r[2]
                     .split(',')
                     .filter(|o| V1_CONTROLLERS.contains(o))
                     .map(String::from)
                     .collect();
-                out.push(CgroupMount { mountpoint, v2: false, controllers });
+                out.push(CgroupMount {
+                    mountpoint,
+                    v2: false,
+                    controllers,
+                });
             }
             _ => {}
         }
@@ -170,7 +194,10 @@ pub(crate) fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -230,7 +257,10 @@ pub(crate) fn read_procs(path: &Path) -> Result<Vec<i32>, CgroupError> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(t.lines().filter_map(|l| l.trim().parse().ok()).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(CgroupError::Read { path: path.to_path_buf(), source }),
+        Err(source) => Err(CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -241,7 +271,12 @@ pub(crate) fn make_dir(dir: &Path) -> Result<(), CgroupError> {
         match std::fs::create_dir_all(dir) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 2 => continue,
-            Err(source) => return Err(CgroupError::Create { path: dir.to_path_buf(), source }),
+            Err(source) => {
+                return Err(CgroupError::Create {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
         }
     }
     Ok(())
@@ -260,7 +295,12 @@ pub(crate) fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(source) => return Err(CgroupError::Remove { path: dir.to_path_buf(), source }),
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
         }
     }
     // The shared parent goes when it is empty; another container may be using it (ENOTEMPTY,
@@ -286,7 +326,10 @@ pub(crate) fn wait_until(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(CgroupError::Timeout { path: path.to_path_buf(), what });
+            return Err(CgroupError::Timeout {
+                path: path.to_path_buf(),
+                what,
+            });
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
@@ -309,7 +352,10 @@ mod tests {
         let m = parse_mountinfo(text);
         assert_eq!(m.len(), 4);
         assert!(m[0].v2);
-        assert!(m[1].controllers.is_empty(), "name=systemd is not a controller");
+        assert!(
+            m[1].controllers.is_empty(),
+            "name=systemd is not a controller"
+        );
         assert_eq!(m[2].controllers, vec!["cpu", "cpuacct"]);
         assert_eq!(m[3].mountpoint, PathBuf::from("/sys/fs/cgroup/memory"));
     }
@@ -322,7 +368,10 @@ mod tests {
 
     #[test]
     fn keyed_reads_flat_files() {
-        assert_eq!(keyed("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n", "oom_kill"), Some(2));
+        assert_eq!(
+            keyed("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n", "oom_kill"),
+            Some(2)
+        );
         assert_eq!(keyed("a 1\n", "b"), None);
     }
 }

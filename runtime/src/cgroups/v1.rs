@@ -25,14 +25,14 @@ const USED: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices
 const DEVICE_ALLOW: [&str; 11] = [
     "c *:* m",
     "b *:* m",
-    "c 1:3 rwm",   // null
-    "c 1:5 rwm",   // zero
-    "c 1:7 rwm",   // full
-    "c 1:8 rwm",   // random
-    "c 1:9 rwm",   // urandom
-    "c 5:0 rwm",   // tty
-    "c 5:2 rwm",   // ptmx
-    "c 136:* rwm", // pts
+    "c 1:3 rwm",    // null
+    "c 1:5 rwm",    // zero
+    "c 1:7 rwm",    // full
+    "c 1:8 rwm",    // random
+    "c 1:9 rwm",    // urandom
+    "c 5:0 rwm",    // tty
+    "c 5:2 rwm",    // ptmx
+    "c 136:* rwm",  // pts
     "c 10:200 rwm", // tun
 ];
 
@@ -83,11 +83,12 @@ impl CgroupV1 {
     }
 
     fn need(&self, controller: &'static str, what: &'static str) -> Result<&Path, CgroupError> {
-        self.dir(controller).ok_or_else(|| CgroupError::ControllerMissing {
-            controller,
-            what,
-            path: PathBuf::from("/sys/fs/cgroup"),
-        })
+        self.dir(controller)
+            .ok_or_else(|| CgroupError::ControllerMissing {
+                controller,
+                what,
+                path: PathBuf::from("/sys/fs/cgroup"),
+            })
     }
 
     /// The dir whose `cgroup.procs` lists the container's tasks.
@@ -98,7 +99,9 @@ impl CgroupV1 {
     }
 
     fn freezer_state(&self) -> Result<Option<String>, CgroupError> {
-        let Some(d) = self.dir("freezer") else { return Ok(None) };
+        let Some(d) = self.dir("freezer") else {
+            return Ok(None);
+        };
         let p = d.join("freezer.state");
         match std::fs::read_to_string(&p) {
             Ok(s) => Ok(Some(s.trim().to_string())),
@@ -111,9 +114,11 @@ impl CgroupV1 {
         let d = self.need("freezer", "pause")?;
         let p = d.join("freezer.state");
         write(&p, state)?;
-        wait_until(&p, if state == "FROZEN" { "freeze" } else { "thaw" }, || {
-            Ok(self.freezer_state()?.as_deref() == Some(state))
-        })
+        wait_until(
+            &p,
+            if state == "FROZEN" { "freeze" } else { "thaw" },
+            || Ok(self.freezer_state()?.as_deref() == Some(state)),
+        )
     }
 }
 
@@ -156,7 +161,11 @@ impl CgroupManager for CgroupV1 {
         }
         if let Some(pids) = limits.pids {
             let d = self.need("pids", "pids")?;
-            let v = if pids <= 0 { "max".to_string() } else { pids.to_string() };
+            let v = if pids <= 0 {
+                "max".to_string()
+            } else {
+                pids.to_string()
+            };
             write(&d.join("pids.max"), &v)?;
         }
         if let Some(d) = self.dir("devices") {
@@ -192,7 +201,10 @@ impl CgroupManager for CgroupV1 {
     }
 
     fn is_frozen(&self) -> Result<bool, CgroupError> {
-        Ok(matches!(self.freezer_state()?.as_deref(), Some("FROZEN") | Some("FREEZING")))
+        Ok(matches!(
+            self.freezer_state()?.as_deref(),
+            Some("FROZEN") | Some("FREEZING")
+        ))
     }
 
     fn kill_all(&self) -> Result<(), CgroupError> {
@@ -236,7 +248,9 @@ impl CgroupManager for CgroupV1 {
     }
 
     fn oom_killed(&self) -> Result<bool, CgroupError> {
-        let Some(d) = self.dir("memory") else { return Ok(false) };
+        let Some(d) = self.dir("memory") else {
+            return Ok(false);
+        };
         let p = d.join("memory.oom_control");
         if !p.exists() {
             return Ok(false);

@@ -14,8 +14,8 @@ use nix::unistd::Pid;
 use tracing::debug;
 
 use super::{
-    keyed, make_dir, read, read_procs, remove_dir, wait_until, write, CgroupError,
-    CgroupManager, CgroupView, Stats, PARENT,
+    keyed, make_dir, read, read_procs, remove_dir, wait_until, write, CgroupError, CgroupManager,
+    CgroupView, Stats, PARENT,
 };
 use crate::spec::Limits;
 
@@ -34,14 +34,26 @@ impl CgroupV2 {
     }
 
     /// Enables `controller` for children of `dir`, if `dir` offers it.
-    fn enable(&self, dir: &Path, controller: &'static str, what: &'static str) -> Result<(), CgroupError> {
+    fn enable(
+        &self,
+        dir: &Path,
+        controller: &'static str,
+        what: &'static str,
+    ) -> Result<(), CgroupError> {
         let available = read(&dir.join("cgroup.controllers"))?;
         if !available.split_whitespace().any(|c| c == controller) {
-            return Err(CgroupError::ControllerMissing { controller, what, path: dir.to_path_buf() });
+            return Err(CgroupError::ControllerMissing {
+                controller,
+                what,
+                path: dir.to_path_buf(),
+            });
         }
         let enabled = read(&dir.join("cgroup.subtree_control"))?;
         if !enabled.split_whitespace().any(|c| c == controller) {
-            write(&dir.join("cgroup.subtree_control"), &format!("+{controller}"))?;
+            write(
+                &dir.join("cgroup.subtree_control"),
+                &format!("+{controller}"),
+            )?;
         }
         Ok(())
     }
@@ -98,7 +110,11 @@ impl CgroupManager for CgroupV2 {
             write(&d.join("cpu.weight"), &shares_to_weight(s).to_string())?;
         }
         if let Some(p) = limits.pids {
-            let v = if p <= 0 { "max".to_string() } else { p.to_string() };
+            let v = if p <= 0 {
+                "max".to_string()
+            } else {
+                p.to_string()
+            };
             write(&d.join("pids.max"), &v)?;
         }
         Ok(())

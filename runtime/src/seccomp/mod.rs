@@ -66,7 +66,11 @@ pub fn docker_default(caps: CapSet) -> Result<Arc<SeccompProgram>, SeccompError>
     }
     let started = std::time::Instant::now();
     let prog = Arc::new(compile(caps)?);
-    debug!(elapsed_us = started.elapsed().as_micros() as u64, caps = format_args!("{:016x}", caps.0), "seccomp profile compiled");
+    debug!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        caps = format_args!("{:016x}", caps.0),
+        "seccomp profile compiled"
+    );
     guard.insert(caps.0, prog.clone());
     Ok(prog)
 }
@@ -183,12 +187,16 @@ impl SeccompProgram {
         let mut filters = Vec::new();
         while !b.is_empty() {
             if b.len() < 4 {
-                return Err(SeccompError::Malformed { reason: "truncated length" });
+                return Err(SeccompError::Malformed {
+                    reason: "truncated length",
+                });
             }
             let n = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
             b = &b[4..];
             if n == 0 || n > u16::MAX as usize || b.len() < n * 8 {
-                return Err(SeccompError::Malformed { reason: "bad instruction count" });
+                return Err(SeccompError::Malformed {
+                    reason: "bad instruction count",
+                });
             }
             let f = b[..n * 8]
                 .chunks_exact(8)
@@ -279,7 +287,9 @@ mod tests {
             let excluded = has_excl && {
                 // An exclude matches when every listed condition kind matches.
                 let e = &r["excludes"];
-                let arch_hit = e["arches"].as_array().map(|a| a.iter().any(|x| x == "amd64"));
+                let arch_hit = e["arches"]
+                    .as_array()
+                    .map(|a| a.iter().any(|x| x == "amd64"));
                 let caps_hit = e["caps"].as_array().map(|a| {
                     a.iter().any(|c| {
                         c.as_str()
@@ -323,7 +333,10 @@ mod tests {
         for r in json["syscalls"].as_array().unwrap() {
             for n in r["names"].as_array().unwrap() {
                 let n = n.as_str().unwrap();
-                assert!(all_known.contains(n) || not_x86.contains(n), "{n} unaccounted for");
+                assert!(
+                    all_known.contains(n) || not_x86.contains(n),
+                    "{n} unaccounted for"
+                );
             }
         }
         for caps in [CapSet::docker_default(), CapSet::all(), CapSet::default()] {
@@ -331,8 +344,7 @@ mod tests {
                 .into_iter()
                 .filter(|n| !not_x86.contains(n.as_str()))
                 .collect();
-            let got: BTreeSet<String> =
-                allowed_names(caps).into_iter().map(String::from).collect();
+            let got: BTreeSet<String> = allowed_names(caps).into_iter().map(String::from).collect();
             assert_eq!(got, want, "allowlist differs for caps {:016x}", caps.0);
         }
     }
