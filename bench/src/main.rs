@@ -102,6 +102,8 @@ fn main() -> Result<()> {
             opts.berth.display()
         );
     }
+    // Commands run in other directories: make the binary path absolute.
+    opts.berth = std::fs::canonicalize(&opts.berth)?;
     let work = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
     let mut report = Report::default();
     println!(
@@ -188,7 +190,11 @@ fn section_up_down(opts: &Opts, work: &Path, r: &mut Report) {
     let root = work.join("updown-root");
     let berth = |args: &[&str], dir: &Path| {
         let mut c = Command::new(&opts.berth);
-        c.env("BERTH_ROOT", &root).current_dir(dir).args(args);
+        // The bench's stacks only resolve each other: never forward to the host resolver.
+        c.env("BERTH_ROOT", &root)
+            .env("BERTH_DNS_UPSTREAM", "none")
+            .current_dir(dir)
+            .args(args);
         c
     };
     // The busybox image must be loadable into the bench's own state root.

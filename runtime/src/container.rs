@@ -233,19 +233,7 @@ impl Runtime {
         match report {
             Ok(Some(ShimReport::Started { pid })) => {
                 debug!(pid, "container started");
-                let c = self.get(id)?;
-                if c.running.is_none() {
-                    // state.json is written right after the report; wait for it briefly.
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    loop {
-                        let c = self.get(id)?;
-                        if c.running.is_some() || Instant::now() > deadline {
-                            return Ok(c);
-                        }
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-                Ok(c)
+                self.get(id)
             }
             Ok(Some(ShimReport::Failed { chain })) => Err(RuntimeError::Start {
                 id: id.to_string(),

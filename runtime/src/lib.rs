@@ -17,13 +17,13 @@
 //! and, first thing in `main`, [`hidden_main`], which runs berth's hidden single-threaded modes.
 //!
 //! Process model: the caller (possibly a tokio process) never forks to do namespace work. It
-//! spawns its own binary, from a sealed memfd copy ([`sealed_exe`], CVE-2019-5736), as a
-//! per-container **shim** ([`shim`]) that detaches, owns the container's cgroup, stdout/stderr
+//! spawns its own binary, from a sealed memfd copy (`sealed_exe`, CVE-2019-5736), as a
+//! per-container **shim** (`shim`) that detaches, owns the container's cgroup, stdout/stderr
 //! (JSON-lines log, [`log`]) and exit status ([`state`]), and survives the caller. The shim
-//! forks the container **init** ([`init`]: namespaces, [`rootfs`], [`user`],
-//! [`capabilities`], [`seccomp`], exec; optionally [`tiny_init`] as PID 1). **exec** ([`exec`])
+//! forks the container **init** (`init`: namespaces, `rootfs`, [`user`],
+//! [`capabilities`], [`seccomp`], exec; optionally `tiny_init` as PID 1). **exec** (`exec`)
 //! is another hidden mode that joins a running container. Errors from the far side come back as
-//! an [`ErrorChain`] over a pipe ([`protocol`]). cgroups v1 and v2 sit behind
+//! an [`ErrorChain`] over a pipe (`protocol`). cgroups v1 and v2 sit behind
 //! [`cgroups::CgroupManager`].
 //!
 //! Modules: `spec` (input), `container` (caller side API), `shim`, `init`, `tiny_init`, `exec`,

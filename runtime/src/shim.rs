@@ -61,6 +61,18 @@ pub(crate) fn main(args: &[String]) -> u8 {
     match start(&state) {
         Ok(running) => {
             let pid = running.pid;
+            // state.json before the report, so the caller can re-attach as soon as it returns.
+            let shim_pid = std::process::id() as i32;
+            let record = RunningRecord {
+                pid,
+                pid_start: pid_start_time(pid).unwrap_or(0),
+                shim_pid,
+                shim_start: pid_start_time(shim_pid).unwrap_or(0),
+                started_at: now_rfc3339(),
+            };
+            if let Err(e) = StateDir::write_json(&state.running(), &record) {
+                warn!(error = %e, "cannot write state.json");
+            }
             if protocol::send(report, &ShimReport::Started { pid }).is_err() {
                 warn!(id, "caller went away before the start report");
             }
@@ -202,17 +214,6 @@ fn spawn_init(
 }
 
 fn supervise(state: &StateDir, mut r: Running) {
-    let shim_pid = std::process::id() as i32;
-    let record = RunningRecord {
-        pid: r.pid,
-        pid_start: pid_start_time(r.pid).unwrap_or(0),
-        shim_pid,
-        shim_start: pid_start_time(shim_pid).unwrap_or(0),
-        started_at: now_rfc3339(),
-    };
-    if let Err(e) = StateDir::write_json(&state.running(), &record) {
-        warn!(error = %e, "cannot write state.json");
-    }
     pump_logs(&mut r);
     let status = loop {
         match waitpid(Pid::from_raw(r.pid), None) {

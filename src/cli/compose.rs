@@ -28,6 +28,8 @@ pub enum ComposeCommand {
     Logs(LogsArgs),
     /// Stop services
     Stop(StopArgs),
+    /// Execute a command in a running container
+    Exec(ExecArgs),
     /// Run the per-project supervisor (started by `up`; not for direct use)
     #[command(name = "__supervise", hide = true)]
     Supervise { project: String },
@@ -65,6 +67,9 @@ pub struct UpArgs {
     /// Print the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Scale SERVICE to NUM instances (overrides `scale` and `deploy.replicas`)
+    #[arg(long, value_name = "SERVICE=NUM")]
+    pub scale: Vec<String>,
     /// Services to start (default: all)
     pub services: Vec<String>,
 }
@@ -122,6 +127,33 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// Detached mode: run the command in the background
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Disable pseudo-TTY allocation (berth's exec never allocates one yet)
+    #[arg(short = 'T', long = "no-TTY")]
+    pub no_tty: bool,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Path to workdir directory for this command
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Run the command as this user
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Index of the container if the service has multiple replicas
+    #[arg(long, default_value_t = 1)]
+    pub index: u32,
+    /// Service name
+    pub service: String,
+    /// Command and arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct StopArgs {
     /// Shutdown timeout in seconds
     #[arg(short = 't', long)]
@@ -145,6 +177,7 @@ pub async fn run(g: &GlobalOpts, cmd: ComposeCommand) -> anyhow::Result<ExitCode
         ComposeCommand::Ps(args) => ps(g, args).await,
         ComposeCommand::Logs(args) => logs(g, args).await,
         ComposeCommand::Stop(args) => stop(g, args).await,
+        ComposeCommand::Exec(args) => exec(g, args).await,
     }
 }
 
@@ -175,8 +208,21 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
         remove_orphans: args.remove_orphans,
         no_start: args.no_start,
     };
+    let mut scale = std::collections::BTreeMap::new();
+    for s in &args.scale {
+        let (svc, n) = s
+            .split_once('=')
+            .with_context(|| format!("--scale {s:?}: expected SERVICE=NUM"))?;
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("--scale {s:?}: {n:?} is not a number"))?;
+        if !project.services.values().any(|x| x.name == svc) {
+            anyhow::bail!("--scale {s:?}: no such service: {svc}");
+        }
+        scale.insert(svc.to_string(), n);
+    }
     let plan = engine
-        .plan_up(&project, &opts, &args.services, args.no_deps)
+        .plan_up(&project, &opts, &args.services, args.no_deps, &scale)
         .await?;
     if args.dry_run {
         render::plan(&plan);
@@ -271,6 +317,24 @@ async fn stop(g: &GlobalOpts, args: StopArgs) -> anyhow::Result<ExitCode> {
         .stop(&name, &args.services, Duration::from_secs(args.timeout.unwrap_or(10)))
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(g: &GlobalOpts, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let name = project_name(g)?;
+    let engine = open_engine(g)?;
+    let spec = berth_runtime::ExecSpec {
+        args: args.command.clone(),
+        env: args.env.clone(),
+        user: args.user.clone(),
+        working_dir: args.workdir.clone(),
+    };
+    let out = engine
+        .exec(&name, &args.service, args.index, spec, args.detach)
+        .await?;
+    use std::io::Write;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    Ok(ExitCode::from(out.code.clamp(0, 255) as u8))
 }
 
 async fn logs(g: &GlobalOpts, args: LogsArgs) -> anyhow::Result<ExitCode> {

@@ -163,14 +163,26 @@ impl Engine {
         opts: &UpOptions,
         selected: &[String],
         no_deps: bool,
+        scale: &BTreeMap<String, u32>,
     ) -> Result<Plan, EngineError> {
         let chosen = select_services(project, selected, no_deps)?;
-        let desired: Vec<Desired> = project
+        let mut desired: Vec<Desired> = project
             .services
             .values()
             .filter(|s| chosen.contains(&s.name))
             .map(|s| desired_of(s, &chosen))
             .collect();
+        for d in &mut desired {
+            if let Some(n) = scale.get(&d.service) {
+                if *n > 1 && d.container_name.is_some() {
+                    return Err(EngineError::Invalid(format!(
+                        "service {} has a container_name, so it can't be scaled to {n}",
+                        d.service
+                    )));
+                }
+                d.replicas = *n;
+            }
+        }
         let observed: Vec<Observed> = self
             .observe(project.name.as_str())
             .await?
@@ -227,6 +239,10 @@ impl Engine {
         for c in self.project_containers(project).await.unwrap_or_default() {
             ids.insert(c.id().to_string());
         }
+        // The supervisor goes first: its restart policies must not race the stops below.
+        if let Err(e) = supervisor::shutdown(&self.root, project).await {
+            errors.push(chain(&e));
+        }
         let mut tasks = Vec::new();
         for id in ids {
             let rec = record.containers.iter().find(|c| c.id == id).cloned();
@@ -236,9 +252,6 @@ impl Engine {
             if let Err(e) = r {
                 errors.push(chain(&e));
             }
-        }
-        if let Err(e) = supervisor::shutdown(&self.root, project).await {
-            errors.push(chain(&e));
         }
         if let Err(es) = self.networks.teardown_project(project).await {
             errors.extend(es.iter().map(|e| chain(e)));
@@ -328,6 +341,16 @@ impl Engine {
         services: &[String],
         timeout: Duration,
     ) -> Result<(), EngineError> {
+        // Mark them stopped first, so the supervisor's restart policy leaves them alone.
+        let path = self.root.project_state(project);
+        if let Ok(Some(mut r)) = state::read_json::<ProjectRecord>(&path) {
+            for c in &mut r.containers {
+                if services.is_empty() || services.contains(&c.service) {
+                    c.stopped = true;
+                }
+            }
+            state::write_json(&path, &r).map_err(failed("writing the project record"))?;
+        }
         let mut tasks = Vec::new();
         for c in self.project_containers(project).await? {
             let svc = c.spec().labels.get(labels::SERVICE).cloned().unwrap_or_default();
@@ -355,6 +378,44 @@ impl Engine {
         } else {
             Err(EngineError::Many(errors))
         }
+    }
+
+    /// `exec`: run a command in container `index` of `service` (detached: don't wait).
+    pub async fn exec(
+        &self,
+        project: &str,
+        service: &str,
+        index: u32,
+        spec: berth_runtime::ExecSpec,
+        detach: bool,
+    ) -> Result<berth_runtime::ExecOutput, EngineError> {
+        let c = self
+            .project_containers(project)
+            .await?
+            .into_iter()
+            .find(|c| {
+                let l = &c.spec().labels;
+                l.get(labels::SERVICE).map(String::as_str) == Some(service)
+                    && l.get(labels::NUMBER).and_then(|n| n.parse().ok()) == Some(index)
+            })
+            .ok_or_else(|| {
+                EngineError::Invalid(format!("service \"{service}\" is not running container #{index}"))
+            })?;
+        if !matches!(c.status(), Ok(berth_runtime::Status::Running)) {
+            return Err(EngineError::Invalid(format!("container {} is not running", c.id())));
+        }
+        let id = c.id().to_string();
+        let task = tokio::task::spawn_blocking(move || c.exec(&spec));
+        if detach {
+            return Ok(berth_runtime::ExecOutput {
+                code: 0,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            });
+        }
+        task.await
+            .map_err(failed(format!("exec in {id}")))?
+            .map_err(failed(format!("exec in {id}")))
     }
 
     /// `ps`: the project's containers, by service and number.
@@ -563,7 +624,18 @@ impl Run {
             Op::EnsureNetworks => self.ensure_networks().await,
             Op::EnsureImage { service } => self.ensure_image(service).await.map(|_| ()),
             Op::Remove { id, .. } => {
-                let rec = self.record.lock().await.containers.iter().find(|c| &c.id == id).cloned();
+                // Marked stopped first, so no restart policy brings it back mid-removal.
+                let rec = {
+                    let mut r = self.record.lock().await;
+                    for c in r.containers.iter_mut().filter(|c| &c.id == id) {
+                        c.stopped = true;
+                    }
+                    let rec = r.containers.iter().find(|c| &c.id == id).cloned();
+                    if rec.is_some() {
+                        self.save(&r).await?;
+                    }
+                    rec
+                };
                 self.engine
                     .remove_container(self.name(), id.clone(), rec, Duration::from_secs(10))
                     .await?;
@@ -1014,6 +1086,8 @@ impl Run {
                 config_hash: placement.config_hash.clone(),
                 netns: if own_pin { netns.clone() } else { None },
                 attachments: attachments.clone(),
+                restart: svc.restart.to_string(),
+                stopped: false,
             });
             self.save(&r).await?;
         }
@@ -1036,6 +1110,18 @@ impl Run {
 
     async fn start(&self, name: &str) -> Result<(), EngineError> {
         let spec = self.specs.lock().await.remove(name);
+        {
+            // Started by `up` again: its restart policy applies again.
+            let mut r = self.record.lock().await;
+            let mut changed = false;
+            for c in r.containers.iter_mut().filter(|c| c.id == name && c.stopped) {
+                c.stopped = false;
+                changed = true;
+            }
+            if changed {
+                self.save(&r).await?;
+            }
+        }
         let rt = self.engine.runtime.clone();
         let name2 = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<(), EngineError> {

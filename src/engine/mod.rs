@@ -11,11 +11,13 @@
 //! - [`health`]: healthchecks through exec
 //! - [`supervisor`] / [`protocol`]: the per-project supervisor and its socket protocol
 //! - [`dns`]: the supervisor's DNS listeners
+//! - [`restart`]: the supervisor's restart policies
 
 pub mod dns;
 pub mod health;
 pub mod lifecycle;
 pub mod protocol;
+pub mod restart;
 pub mod spec;
 pub mod supervisor;
 
@@ -25,6 +27,9 @@ pub use lifecycle::{Engine, EngineError, Event, PsRow};
 pub async fn run_supervisor(root: &crate::state::Root, project: &str) -> anyhow::Result<()> {
     let upstream = dns::upstream_from_env().map_err(anyhow::Error::msg)?;
     let services = dns::DnsServices::new(project, upstream);
-    supervisor::serve(root, project, services).await?;
+    let monitor = tokio::spawn(restart::monitor(root.clone(), project.to_string()));
+    let served = supervisor::serve(root, project, services).await;
+    monitor.abort();
+    served?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! accepted only from the same bridge, as a reply, or as a DNATed published port; so no
 //! table needs to know about other projects. Drops win across tables, which is why a
 //! FORWARD DROP policy left by Docker must be handled in iptables itself
-//! (`forward_drop_*`), scoped to our bridges and removed on teardown.
+//! (`allow_bridges`), scoped to our bridges and removed on teardown (`remove_accepts`).
 
 use std::fmt::Write as _;
 use std::process::Stdio;
@@ -304,18 +304,19 @@ pub async fn flush_conntrack(subnets: &[Ipv4Net], ports: &[(Protocol, u16)]) {
 
 const COMMENT_PREFIX: &str = "berth:";
 
-/// Whether the iptables (nft backend) FORWARD chain has policy DROP, as Docker leaves it.
-/// A missing `iptables` binary means there is no such policy to work around.
-pub async fn forward_policy_is_drop() -> bool {
+/// Whether an iptables (nft backend) built-in chain has policy DROP, as Docker leaves
+/// FORWARD and firewalls such as ufw leave INPUT. A missing `iptables` binary means there
+/// is no such policy to work around.
+pub async fn policy_is_drop(chain: &str) -> bool {
     match tokio::process::Command::new("iptables")
-        .args(["-w", "-S", "FORWARD"])
+        .args(["-w", "-S", chain])
         .stderr(Stdio::null())
         .output()
         .await
     {
         Ok(out) => String::from_utf8_lossy(&out.stdout)
             .lines()
-            .any(|l| l.trim() == "-P FORWARD DROP"),
+            .any(|l| l.trim() == format!("-P {chain} DROP")),
         Err(_) => false,
     }
 }
@@ -332,48 +333,70 @@ async fn iptables(args: &[&str]) -> Result<std::process::Output, FirewallError> 
         })
 }
 
-/// Inserts accepts for our bridges (in and out) into DOCKER-USER when it exists, else at
-/// the top of FORWARD, tagged with a `berth:<project>` comment. Removes old ones first.
-pub async fn forward_drop_allow(project: &str, bridges: &[String]) -> Result<(), FirewallError> {
-    forward_drop_remove(project).await?;
-    let chain = if iptables(&["-S", "DOCKER-USER"]).await?.status.success() {
-        "DOCKER-USER"
-    } else {
-        "FORWARD"
-    };
+/// Inserts accepts scoped to our bridges, tagged with a `berth:<project>` comment, after
+/// removing old ones: with `forward`, traffic in and out of the bridges into DOCKER-USER
+/// when it exists, else at the top of FORWARD; with `input`, DNS (udp/tcp 53) from the
+/// bridges to the embedded server into INPUT. Drops win across tables, so these cannot
+/// live in our own nft table.
+pub async fn allow_bridges(
+    project: &str,
+    bridges: &[String],
+    forward: bool,
+    input: bool,
+) -> Result<(), FirewallError> {
+    remove_accepts(project).await?;
     let comment = format!("{COMMENT_PREFIX}{project}");
-    for br in bridges {
-        for dir in ["-i", "-o"] {
-            let out = iptables(&[
-                "-I",
-                chain,
-                dir,
-                br,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-                "-j",
-                "ACCEPT",
-            ])
-            .await?;
-            if !out.status.success() {
-                return Err(FirewallError::Iptables {
-                    chain: chain.into(),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                });
+    let mut rules: Vec<(&str, Vec<String>)> = Vec::new();
+    if forward {
+        let chain = if iptables(&["-S", "DOCKER-USER"]).await?.status.success() {
+            "DOCKER-USER"
+        } else {
+            "FORWARD"
+        };
+        for br in bridges {
+            for dir in ["-i", "-o"] {
+                rules.push((chain, vec![dir.into(), br.clone()]));
             }
-            debug!(chain, bridge = %br, dir, "inserted iptables accept for FORWARD DROP policy");
         }
+    }
+    if input {
+        for br in bridges {
+            for proto in ["udp", "tcp"] {
+                rules.push((
+                    "INPUT",
+                    vec![
+                        "-i".into(),
+                        br.clone(),
+                        "-p".into(),
+                        proto.into(),
+                        "--dport".into(),
+                        "53".into(),
+                    ],
+                ));
+            }
+        }
+    }
+    for (chain, matchers) in rules {
+        let mut args: Vec<&str> = vec!["-I", chain];
+        args.extend(matchers.iter().map(String::as_str));
+        args.extend(["-m", "comment", "--comment", &comment, "-j", "ACCEPT"]);
+        let out = iptables(&args).await?;
+        if !out.status.success() {
+            return Err(FirewallError::Iptables {
+                chain: chain.into(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        debug!(chain, rule = ?matchers, "inserted iptables accept for a DROP policy");
     }
     Ok(())
 }
 
-/// Removes every accept tagged for this project from DOCKER-USER and FORWARD.
-pub async fn forward_drop_remove(project: &str) -> Result<(), FirewallError> {
+/// Removes every accept tagged for this project from DOCKER-USER, FORWARD and INPUT.
+pub async fn remove_accepts(project: &str) -> Result<(), FirewallError> {
     let tag = format!("\"{COMMENT_PREFIX}{project}\"");
     let tag_bare = format!("{COMMENT_PREFIX}{project} ");
-    for chain in ["DOCKER-USER", "FORWARD"] {
+    for chain in ["DOCKER-USER", "FORWARD", "INPUT"] {
         let Ok(out) = iptables(&["-S", chain]).await else {
             return Ok(()); // no iptables at all
         };

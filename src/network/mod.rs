@@ -115,6 +115,8 @@ pub enum NetworkError {
         have: Ipv4Net,
         want: Ipv4Net,
     },
+    #[error("network {name} exists with a different {field} setting: remove it first (`berth down` or `berth network rm`)")]
+    ConfigMismatch { name: String, field: &'static str },
     #[error("network {name} has active endpoints: {containers}")]
     InUse { name: String, containers: String },
     #[error("container {container} is not attached to network {name}")]
@@ -376,11 +378,28 @@ impl NetworkManager {
                     return Err(NetworkError::InvalidBridgeName { name: b.clone() });
                 }
             }
+            // A bridge with our derived name but no record is left from a crash between
+            // "record removed" and "bridge deleted": remove it, or its stale address and
+            // route would survive next to the new ones. (A user-chosen bridge name may be
+            // someone else's bridge: that one is adopted, as Docker does.)
+            let derived = link::bridge_name(&spec.name);
+            if spec.bridge_name.is_none()
+                && self.record(&spec.name)?.is_none()
+                && self.links.delete(&derived).await?
+            {
+                debug!(bridge = %derived, "removed stale bridge without a record");
+            }
             let routes = self.links.routed_subnets().await?;
             let rec = {
                 let l = self.store.lock()?;
                 match self.store.load(&l, &spec.name)? {
                     Some(rec) => {
+                        if rec.internal != spec.internal {
+                            return Err(NetworkError::ConfigMismatch {
+                                name: spec.name.clone(),
+                                field: "internal",
+                            });
+                        }
                         if let Some(want) = spec.subnet {
                             if want.trunc() != rec.subnet {
                                 return Err(NetworkError::SubnetMismatch {
@@ -394,10 +413,7 @@ impl NetworkManager {
                     }
                     None => {
                         let others = self.store.list(&l)?;
-                        let bridge = spec
-                            .bridge_name
-                            .clone()
-                            .unwrap_or_else(|| link::bridge_name(&spec.name));
+                        let bridge = spec.bridge_name.clone().unwrap_or(derived);
                         // Routes of our own bridges are covered by the records; a stale
                         // bridge of the same name (crash) must not block its own subnet.
                         let mut in_use: Vec<Ipv4Net> = routes.clone();
@@ -778,7 +794,7 @@ impl NetworkManager {
                     errs.push(e.into());
                 }
             }
-            if let Err(e) = firewall::forward_drop_remove(project).await {
+            if let Err(e) = firewall::remove_accepts(project).await {
                 errs.push(e.into());
             }
             self.stop_proxies(&ports);
@@ -913,13 +929,15 @@ impl NetworkManager {
         let table = firewall::table_name(project);
         if nets.is_empty() {
             firewall::delete(&table).await?;
-            firewall::forward_drop_remove(project).await?;
+            firewall::remove_accepts(project).await?;
             return Ok(());
         }
         firewall::apply(&table, &firewall::render(&table, &nets, &ports)).await?;
-        if firewall::forward_policy_is_drop().await {
+        let forward = firewall::policy_is_drop("FORWARD").await;
+        let input = firewall::policy_is_drop("INPUT").await;
+        if forward || input {
             let bridges: Vec<String> = nets.iter().map(|n| n.bridge.clone()).collect();
-            firewall::forward_drop_allow(project, &bridges).await?;
+            firewall::allow_bridges(project, &bridges, forward, input).await?;
         }
         Ok(())
     }

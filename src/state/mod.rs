@@ -234,6 +234,13 @@ pub struct ContainerRecord {
     #[serde(default)]
     pub netns: Option<PathBuf>,
     pub attachments: Vec<AttachmentRecord>,
+    /// Compose restart policy (`no`, `always`, `on-failure[:N]`, `unless-stopped`), applied
+    /// by the supervisor.
+    #[serde(default)]
+    pub restart: String,
+    /// Stopped on purpose (`berth stop`): no restart policy brings it back.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// One network attachment of a container, with the names DNS answers for it.

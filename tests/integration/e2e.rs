@@ -259,3 +259,79 @@ fn failed_dependency_stops_up() {
     env.compose_ok(&dir, &["down"]);
     env.finish();
 }
+
+/// `restart: on-failure:2` restarts a failing container twice, then leaves it exited;
+/// `berth stop` keeps an `always` container down.
+#[test]
+fn restart_policies() {
+    require_root!();
+    let env = TestEnv::new("e2e-restart");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "restart",
+        "services:\n  flaky:\n    image: busybox\n    restart: on-failure:2\n    volumes: [runs:/runs]\n    command: [sh, -c, 'echo run >> /runs/count; exit 1']\n  steady:\n    image: busybox\n    restart: always\n    command: [sleep, '3600']\nvolumes:\n  runs: {}\n",
+    );
+    let count = env
+        .root
+        .join("volumes")
+        .join(format!("{}_runs", env.project))
+        .join("_data/count");
+    env.compose_ok(&dir, &["up", "-d"]);
+    let runs = || {
+        std::fs::read_to_string(&count)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(10), || {
+        if runs() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{} runs so far", runs()))
+        }
+    });
+    // Backoff after the second restart would be 400 ms: well past it, still 3 runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(runs(), 3, "on-failure:2 must stop after two restarts");
+    let rows = ps_json(&env, &dir);
+    let flaky = rows.iter().find(|r| r["service"] == "flaky").unwrap();
+    assert_eq!(flaky["state"], "exited");
+    assert_eq!(flaky["exit_code"], 1);
+
+    env.compose_ok(&dir, &["stop", "steady"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let rows = ps_json(&env, &dir);
+    let steady = rows.iter().find(|r| r["service"] == "steady").unwrap();
+    assert_eq!(steady["state"], "exited", "a stopped `always` container stays down");
+    env.compose_ok(&dir, &["down", "-v"]);
+    env.finish();
+}
+
+/// `--scale web=3` gives three containers that DNS returns together, and `exec` runs in
+/// the chosen replica.
+#[test]
+fn scale_and_exec() {
+    require_root!();
+    let env = TestEnv::new("e2e-scale");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "scale",
+        "services:\n  web:\n    image: busybox\n    command: [sleep, '3600']\n  client:\n    image: busybox\n    command: [sleep, '3600']\n",
+    );
+    env.compose_ok(&dir, &["up", "-d", "--scale", "web=3"]);
+    let rows = ps_json(&env, &dir);
+    assert_eq!(rows.iter().filter(|r| r["service"] == "web").count(), 3);
+    let out = env.compose_ok(&dir, &["exec", "client", "nslookup", "web"]);
+    let addrs: std::collections::BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("Address: "))
+        .collect();
+    assert_eq!(addrs.len(), 3, "nslookup web: {out}");
+    let host = env.compose_ok(&dir, &["exec", "--index", "2", "web", "hostname"]);
+    assert_eq!(host.trim(), format!("{}-web-2", env.project));
+    let (code, _, _) = env.compose(&dir, &["exec", "web", "sh", "-c", "exit 7"]);
+    assert_eq!(code, 7);
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}

@@ -144,7 +144,7 @@ fn leak_checker_detects_leaks() {
             "leak checker missed {want:?}; it said:\n{text}"
         );
     }
-    let after = support::eventually(Duration::from_secs(5), || {
+    support::eventually(Duration::from_secs(5), || {
         let l = before.leaks_since();
         if l.is_empty() {
             Ok(())
@@ -152,5 +152,4 @@ fn leak_checker_detects_leaks() {
             Err(l.join(", "))
         }
     });
-    let () = after;
 }

@@ -238,6 +238,9 @@ fn same_project_reaches_by_name_alias_and_container_name() {
     rt.block_on(async {
         let mgr = NetworkManager::new(&env.root).expect("manager");
         let p = env.project.clone();
+        // An INPUT DROP policy (ufw, firewalld) would cut containers off the embedded DNS:
+        // scoped accepts for port 53 on our bridges are added, and removed on teardown.
+        sh("iptables", &["-P", "INPUT", "DROP"]);
         let net = mgr
             .ensure_network(&spec(&p, &format!("{p}_default")))
             .await
@@ -297,6 +300,13 @@ fn same_project_reaches_by_name_alias_and_container_name() {
 
         dns.shutdown().await;
         mgr.teardown_project(&p).await.expect("teardown");
+        let rules = output({
+            let mut c = Command::new("iptables");
+            c.args(["-S", "INPUT"]);
+            c
+        })
+        .unwrap();
+        assert!(!rules.contains("berth:"), "{rules}");
         assert_eq!(leftovers(&mgr, &env.root).await, Vec::<String>::new());
         // Idempotent.
         mgr.teardown_project(&p).await.expect("second teardown");
@@ -932,6 +942,24 @@ fn ipam_conflicts_exhaustion_and_explicit_addresses() {
             })
             .await
             .expect("tiny");
+        // Same name, different config: refused with a clear error, nothing changed.
+        let err = mgr
+            .ensure_network(&NetworkSpec {
+                internal: true,
+                ..spec(&p, &format!("{p}_tiny"))
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetworkError::ConfigMismatch {
+                    field: "internal",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let (_c, ips) = container(&mgr, "c1", &[(&tiny, Some(Ipv4Addr::new(10, 66, 0, 6)))]).await;
         assert_eq!(ips, vec![Ipv4Addr::new(10, 66, 0, 6)]);
         let pin2 = mgr.netns_path("c2");
@@ -1071,6 +1099,27 @@ fn teardown_after_crash_is_state_driven_and_attach_is_fast() {
         eprintln!("teardown of 20 attachments: {:?}", t.elapsed());
         assert_eq!(leftovers(&mgr, &env.root).await, Vec::<String>::new());
         mgr.teardown_project(&p).await.expect("second teardown");
+
+        // A bridge left without its record (crash between the two) is replaced, not
+        // adopted with its stale address.
+        let name = format!("{p}_default");
+        let br = berth::network::link::bridge_name(&name);
+        sh("ip", &["link", "add", &br, "type", "bridge"]);
+        sh("ip", &["addr", "add", "10.99.0.1/24", "dev", &br]);
+        let net = mgr.ensure_network(&spec(&p, &name)).await.expect("network");
+        let addrs = output({
+            let mut c = Command::new("ip");
+            c.args(["-4", "-o", "addr", "show", "dev", &br]);
+            c
+        })
+        .unwrap();
+        assert_eq!(addrs.lines().count(), 1, "{addrs}");
+        assert!(
+            addrs.contains(&format!("{}/{}", net.gateway, net.subnet.prefix_len())),
+            "{addrs}"
+        );
+        mgr.teardown_project(&p).await.expect("third teardown");
+        assert_eq!(leftovers(&mgr, &env.root).await, Vec::<String>::new());
     });
     drop(rt);
     drop(_pins);

@@ -879,3 +879,398 @@ fn joins_an_existing_network_namespace() {
     drop(del);
     fx.finish();
 }
+
+/// An OCI bundle for runc/crun on the fixture rootfs with Docker's settings: 14 caps, no NNP,
+/// Docker's masked/read-only paths and /proc flags, devices deny-all plus the default nodes,
+/// 64 MiB memory, 32 pids, cgroup `berth/<cgroup>`.
+fn oci_bundle(
+    fx: &Fixture,
+    dir: &str,
+    args: serde_json::Value,
+    cgroup: &str,
+    seccomp: serde_json::Value,
+) -> PathBuf {
+    let bundle = fx.root().join(dir);
+    std::fs::create_dir_all(&bundle).unwrap();
+    let st = std::process::Command::new("runc")
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let caps: Vec<String> = berth_runtime::capabilities::DOCKER_DEFAULT
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    cfg["process"]["terminal"] = false.into();
+    cfg["process"]["args"] = args;
+    cfg["process"]["noNewPrivileges"] = false.into();
+    cfg["process"]["capabilities"] =
+        serde_json::json!({ "bounding": caps, "effective": caps, "permitted": caps });
+    cfg["root"] = serde_json::json!({ "path": fx.rootfs, "readonly": false });
+    cfg["linux"]["cgroupsPath"] = format!("/berth/{cgroup}").into();
+    cfg["linux"]["resources"] = serde_json::json!({
+        "devices": [{ "allow": false, "access": "rwm" }],
+        "memory": { "limit": 64 << 20, "swap": 128 << 20 },
+        "pids": { "limit": 32 }
+    });
+    // Docker mounts /proc nosuid,noexec,nodev; `runc spec`'s template does not.
+    for m in cfg["mounts"].as_array_mut().unwrap() {
+        if m["destination"] == "/proc" {
+            m["options"] = serde_json::json!(["nosuid", "noexec", "nodev"]);
+        }
+    }
+    cfg["linux"]["maskedPaths"] = serde_json::json!(berth_runtime::MASKED_PATHS);
+    cfg["linux"]["readonlyPaths"] = serde_json::json!(berth_runtime::READONLY_PATHS);
+    cfg["linux"]["seccomp"] = seccomp;
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    bundle
+}
+
+fn remove_cgroup(name: &str) {
+    for d in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(d.path().join("berth").join(name));
+        let _ = std::fs::remove_dir(d.path().join("berth"));
+    }
+}
+
+/// The probe both runtimes run in the differential test: security state, cgroup limits and
+/// the mount table reduced to (mountpoint, fstype, ro/rw + nosuid/nodev/noexec).
+const DIFF_PROBE: &str = r#"
+grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
+echo "memlimit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+echo "pidsmax=$(cat /sys/fs/cgroup/pids/pids.max)"
+awk '{ split($0, a, " - "); split(a[2], b, " "); n = split($6, o, ","); f = "";
+       for (i = 1; i <= n; i++) if (o[i] ~ /^(ro|rw|nosuid|nodev|noexec)$/) f = f "," o[i];
+       print "M " $5 " " b[1] " " substr(f, 2) }' /proc/self/mountinfo | sort
+exit 3
+"#;
+
+#[test]
+fn differential_against_runc() {
+    crate::require_root!();
+    if std::process::Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED differential_against_runc: runc is not installed");
+        return;
+    }
+    if !Path::new("/sys/fs/cgroup/memory").is_dir() {
+        eprintln!("SKIPPED differential_against_runc: the probe reads cgroup v1 files");
+        return;
+    }
+    let fx = setup("rt-diff");
+    let limits = Limits {
+        memory: Some(64 << 20),
+        pids: Some(32),
+        ..Default::default()
+    };
+
+    // berth
+    let mut spec = fx.spec("diff", &["sh", "-c", DIFF_PROBE]);
+    spec.limits = limits.clone();
+    let (exit, berth_out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 3, "{berth_out}");
+
+    // runc, same rootfs, Docker's settings written into `runc spec`'s template. Only the
+    // seccomp *mode* is compared; a one-rule filter is enough for runc.
+    let seccomp = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{ "names": ["acct"], "action": "SCMP_ACT_ERRNO" }]
+    });
+    let bundle = oci_bundle(
+        &fx,
+        "bundle",
+        serde_json::json!(["sh", "-c", DIFF_PROBE]),
+        "bt-diff-runc",
+        seccomp,
+    );
+    let runc_root = fx.root().join("runc-state");
+    let out = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(&runc_root)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg("bt-diff-runc")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    remove_cgroup("bt-diff-runc");
+    let runc_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "runc: {runc_out}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let non_mount = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with("M "))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        non_mount(&berth_out),
+        non_mount(&runc_out),
+        "security state or limits differ"
+    );
+    let mounts = |t: &str| -> std::collections::BTreeSet<String> {
+        t.lines()
+            .filter(|l| l.starts_with("M "))
+            .map(String::from)
+            .collect()
+    };
+    let (b, r) = (mounts(&berth_out), mounts(&runc_out));
+    // The tmpfs at /sys/fs/cgroup: runc 1.1 leaves it writable, berth makes it read-only too.
+    let is_cg = |m: &String| m.starts_with("M /sys/fs/cgroup");
+    assert!(
+        b.contains("M /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec"),
+        "{berth_out}"
+    );
+    let b_main: Vec<_> = b.iter().filter(|m| !is_cg(m)).collect();
+    let r_main: Vec<_> = r.iter().filter(|m| !is_cg(m)).collect();
+    assert_eq!(
+        b_main, r_main,
+        "mount tables differ\nberth:\n{berth_out}\nrunc:\n{runc_out}"
+    );
+    // runc binds every v1 controller, berth the six it manages: same options where both have one.
+    for m in b.iter().filter(|m| m.starts_with("M /sys/fs/cgroup/")) {
+        assert!(
+            r.contains(m),
+            "berth cgroup mount {m} not in runc's:\n{runc_out}"
+        );
+        assert!(m.ends_with(" ro,nosuid,nodev,noexec"), "{m}");
+    }
+    fx.finish();
+}
+
+/// Docker's default profile in OCI form for amd64 and the 14 default caps, from moby's JSON
+/// in `../shared` (keep the rules whose `includes` hold, drop those whose `excludes` match).
+fn oci_docker_seccomp() -> Option<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(support::shared_dir()?.join("seccomp/docker-default.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let caps: Vec<String> = berth_runtime::capabilities::DOCKER_DEFAULT
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let has_cap = |v: &serde_json::Value| v.as_str().is_some_and(|c| caps.iter().any(|k| k == c));
+    let mut rules = Vec::new();
+    for r in json["syscalls"].as_array()? {
+        let inc = &r["includes"];
+        let exc = &r["excludes"];
+        let inc_ok = inc["arches"]
+            .as_array()
+            .is_none_or(|a| a.iter().any(|x| x == "amd64"))
+            && inc["caps"].as_array().is_none_or(|a| a.iter().all(has_cap));
+        let exc_hit = exc["arches"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "amd64"))
+            || exc["caps"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(has_cap));
+        if inc_ok && !exc_hit {
+            let mut rule = serde_json::json!({ "names": r["names"], "action": r["action"] });
+            for k in ["args", "errnoRet"] {
+                if !r[k].is_null() {
+                    rule[k] = r[k].clone();
+                }
+            }
+            rules.push(rule);
+        }
+    }
+    Some(serde_json::json!({
+        "defaultAction": json["defaultAction"], "defaultErrnoRet": json["defaultErrnoRet"],
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"], "syscalls": rules
+    }))
+}
+
+fn summary(name: &str, v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let med = v[v.len() / 2];
+    eprintln!(
+        "{name:<28} min {:>7.2}  median {:>7.2}  max {:>7.2}  ms (n={})",
+        v[0],
+        med,
+        v[v.len() - 1],
+        v.len()
+    );
+    med
+}
+
+/// Not a timed test: prints start→exit latency of `/bin/true` with the Docker-like spec for
+/// berth, `runc run` and `crun run` on the same rootfs, interleaved. Run with
+/// `cargo test --test integration runtime::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn bench_start_to_exit() {
+    crate::require_root!();
+    let fx = setup("rt-bench");
+    let n: usize = std::env::var("BT_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seccomp = oci_docker_seccomp();
+    let oci_seccomp = seccomp.clone().unwrap_or(serde_json::Value::Null);
+    if seccomp.is_none() {
+        eprintln!("note: ../shared absent: runc/crun run without seccomp");
+    }
+    let bundle = oci_bundle(
+        &fx,
+        "bundle",
+        serde_json::json!(["/bin/true"]),
+        "bt-bench-oci",
+        oci_seccomp,
+    );
+    let runc_root = fx.root().join("runc-state");
+    let crun_root = fx.root().join("crun-state");
+    let have_crun = std::process::Command::new("crun")
+        .arg("--version")
+        .output()
+        .is_ok();
+    let mut spec = fx.spec("bench", &["/bin/true"]);
+    spec.limits = Limits {
+        memory: Some(64 << 20),
+        pids: Some(32),
+        cpus: Some(0.5),
+        ..Default::default()
+    };
+    let (mut berth, mut runc, mut crun, mut host) = (vec![], vec![], vec![], vec![]);
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    for i in 0..n {
+        let mut order = [0, 1, 2, 3];
+        order.rotate_left(i % 4);
+        for which in order {
+            match which {
+                0 => {
+                    let t = Instant::now();
+                    let c = fx.rt.run(&spec).unwrap();
+                    let e = c.wait(Some(Duration::from_secs(10))).unwrap();
+                    fx.rt.delete("bt-bench").unwrap();
+                    berth.push(ms(t));
+                    assert_eq!(e.code, 0);
+                }
+                1 => {
+                    let t = Instant::now();
+                    let st = std::process::Command::new("runc")
+                        .arg("--root")
+                        .arg(&runc_root)
+                        .args(["run", "--bundle"])
+                        .arg(&bundle)
+                        .arg("bt-bench-runc")
+                        .stdin(std::process::Stdio::null())
+                        .status()
+                        .unwrap();
+                    runc.push(ms(t));
+                    assert!(st.success(), "runc failed");
+                }
+                2 if have_crun => {
+                    // crun 1.8 refuses this hybrid host unless the unified mount is hidden, so
+                    // it runs in a private mount namespace without it (as in runtime-eval.md).
+                    let script = format!(
+                        "umount /sys/fs/cgroup/unified 2>/dev/null; exec crun --root {} run --bundle {} bt-bench-crun",
+                        crun_root.display(), bundle.display()
+                    );
+                    let t = Instant::now();
+                    let st = std::process::Command::new("unshare")
+                        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+                        .stdin(std::process::Stdio::null())
+                        .status()
+                        .unwrap();
+                    crun.push(ms(t));
+                    assert!(st.success(), "crun failed");
+                }
+                3 => {
+                    let t = Instant::now();
+                    std::process::Command::new("/bin/true").status().unwrap();
+                    host.push(ms(t));
+                }
+                _ => {}
+            }
+        }
+    }
+    remove_cgroup("bt-bench-oci");
+    remove_cgroup("bt-bench-runc");
+    remove_cgroup("bt-bench-crun");
+    summary("host /bin/true", &mut host);
+    let b = summary("berth (run+wait+delete)", &mut berth);
+    let r = summary("runc run", &mut runc);
+    eprintln!("berth/runc median ratio {:.2}", b / r);
+    if !crun.is_empty() {
+        let c = summary("crun run (in unshare -m)", &mut crun);
+        eprintln!("berth/crun median ratio {:.2}", b / c);
+    }
+    fx.finish();
+}
+
+#[test]
+fn container_cli_lifecycle() {
+    crate::require_root!();
+    let fx = setup("rt-cli");
+    let env = fx.env.as_ref().expect("env");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let (code, out, err) = env.run(&[
+        "container",
+        "run",
+        "--rootfs",
+        &rootfs,
+        "--name",
+        "bt-cli1",
+        "-e",
+        "A=1",
+        "--memory",
+        "64m",
+        "sh",
+        "-c",
+        "echo A=$A; echo oops >&2; exit 3",
+    ]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(out, "A=1\n");
+    assert!(err.contains("oops"), "{err}");
+
+    let (code, out, err) = env.run(&[
+        "container",
+        "run",
+        "-d",
+        "--rootfs",
+        &rootfs,
+        "--name",
+        "bt-cli2",
+        "--init",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!((code, out.trim()), (0, "bt-cli2"), "{err}");
+    let (_, out, _) = env.run(&["container", "ls"]);
+    assert!(
+        out.contains("bt-cli2") && out.contains("Up") && !out.contains("bt-cli1"),
+        "{out}"
+    );
+    let (_, out, _) = env.run(&["container", "ls", "-a", "-q"]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["bt-cli1", "bt-cli2"]);
+    let (code, out, _) = env.run(&["container", "exec", "bt-cli2", "hostname"]);
+    assert_eq!((code, out.trim()), (0, "bt-cli2"));
+    let (code, _, err) = env.run(&["container", "rm", "bt-cli2"]);
+    assert_ne!(code, 0, "rm of a running container needs -f");
+    assert!(err.contains("container is running"), "{err}");
+    let (code, _, err) = env.run(&["container", "stop", "-t", "5", "bt-cli2"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = env.run(&["container", "inspect", "bt-cli2"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v[0]["State"]["Exit"]["code"], 143,
+        "berth's init forwards SIGTERM to sleep"
+    );
+    let (code, _, err) = env.run(&["container", "rm", "bt-cli1", "bt-cli2"]);
+    assert_eq!(code, 0, "{err}");
+    fx.finish();
+}

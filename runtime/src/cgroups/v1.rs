@@ -208,7 +208,7 @@ impl CgroupManager for CgroupV1 {
     }
 
     fn kill_all(&self) -> Result<(), CgroupError> {
-        if !self.procs_dir().exists() {
+        if !self.procs_dir().exists() || self.procs()?.is_empty() {
             return Ok(());
         }
         // Freeze first so nothing forks between reading the list and the kills; SIGKILL is

@@ -147,7 +147,7 @@ impl CgroupManager for CgroupV2 {
     }
 
     fn kill_all(&self) -> Result<(), CgroupError> {
-        if !self.dir.exists() {
+        if !self.dir.exists() || self.procs()?.is_empty() {
             return Ok(());
         }
         let killfile = self.dir.join("cgroup.kill");
