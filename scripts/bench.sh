@@ -7,4 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release -p berth -p berth-bench
+# crun refuses cgroup v1 "hybrid" hosts whose cgroup2 mount holds a controller; run the
+# whole bench (berth, runc and crun alike) in a private mount namespace where that mount
+# is hidden, never changing the host's own mounts.
+if mountpoint -q /sys/fs/cgroup/unified 2>/dev/null && [ "${BERTH_BENCH_PRIVATE_NS:-}" != 1 ]; then
+  exec env BERTH_BENCH_PRIVATE_NS=1 unshare -m --propagation private \
+    sh -c 'umount /sys/fs/cgroup/unified && exec ./target/release/berth-bench --berth target/release/berth "$@"' bench "$@"
+fi
 exec ./target/release/berth-bench --berth target/release/berth "$@"

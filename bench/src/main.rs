@@ -111,7 +111,7 @@ fn main() -> Result<()> {
         "case (ms)", "runs", "min", "median", "max"
     );
 
-    section_start_exit(&opts, &mut report);
+    section_start_exit(&opts, work.path(), &mut report);
     section_up_down(&opts, work.path(), &mut report);
     section_other_orchestrators(&mut report);
     section_network(&mut report);
@@ -151,8 +151,36 @@ fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A runc/crun bundle of the busybox fixture running `/bin/true`, from `runc spec`
+/// (pid/net/ipc/uts/mount namespaces, 3 capabilities, no seccomp, read-only root).
+fn make_bundle(work: &Path) -> Result<PathBuf> {
+    let bundle = work.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs)?;
+    let tar = work.join("busybox-rootfs.tar");
+    berth_fixtures::busybox_rootfs_tar(&tar)?;
+    let mut ar = tar::Archive::new(std::fs::File::open(&tar)?);
+    ar.set_preserve_permissions(true);
+    ar.unpack(&rootfs)?;
+    let st = Command::new("runc")
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()
+        .context("running `runc spec`")?;
+    if !st.success() {
+        bail!("`runc spec` failed");
+    }
+    let path = bundle.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    cfg["process"]["terminal"] = serde_json::json!(false);
+    cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
+    cfg["root"]["path"] = serde_json::json!(rootfs.to_string_lossy());
+    std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
+    Ok(bundle)
+}
+
 /// 1. Container start→exit of `/bin/true`: berth's runtime vs runc and crun.
-fn section_start_exit(opts: &Opts, r: &mut Report) {
+fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
     let s = "1 start->exit";
     let probe = Command::new(&opts.berth)
         .args(["container", "run", "--help"])
@@ -161,11 +189,91 @@ fn section_start_exit(opts: &Opts, r: &mut Report) {
         && String::from_utf8_lossy(&o.stdout).contains("--rootfs"));
     if !built {
         r.note(s, "not built yet (`berth container run --rootfs` missing)");
+        return;
     }
-    r.note(
-        s,
-        "runc/crun comparison runs together with berth's row, once it exists",
-    );
+    let bundle = match make_bundle(work) {
+        Ok(b) => b,
+        Err(e) => {
+            r.note(s, format!("cannot make the bundle: {e:#}"));
+            return;
+        }
+    };
+    let rootfs = bundle.join("rootfs");
+    let root = work.join("start-root");
+    let oci_root = work.join("oci-state");
+    let _ = std::fs::create_dir_all(&oci_root);
+    type Variant = (&'static str, Box<dyn Fn(usize) -> Command>);
+    let mut variants: Vec<Variant> = Vec::new();
+    for (label, extra) in [
+        ("berth (Docker defaults: 14 caps, seccomp)", None),
+        ("berth (seccomp=unconfined)", Some("seccomp=unconfined")),
+    ] {
+        let (berth, root, rootfs) = (opts.berth.clone(), root.clone(), rootfs.clone());
+        variants.push((
+            label,
+            Box::new(move |_| {
+                let mut c = Command::new(&berth);
+                c.env("BERTH_ROOT", &root)
+                    .args(["container", "run", "--rm", "--rootfs"])
+                    .arg(&rootfs);
+                if let Some(o) = extra {
+                    c.args(["--security-opt", o]);
+                }
+                c.arg("/bin/true");
+                c
+            }),
+        ));
+    }
+    for rt in ["runc", "crun"] {
+        if !have(rt) {
+            r.note(s, format!("{rt} skipped: not installed"));
+            continue;
+        }
+        let (bundle, oci_root) = (bundle.clone(), oci_root.join(rt));
+        let label = if rt == "runc" {
+            "runc run (runc spec: 3 caps, no seccomp)"
+        } else {
+            "crun run (runc spec: 3 caps, no seccomp)"
+        };
+        variants.push((
+            label,
+            Box::new(move |i| {
+                let mut c = Command::new(rt);
+                c.arg("--root")
+                    .arg(&oci_root)
+                    .args(["run", "-b"])
+                    .arg(&bundle)
+                    .arg(format!("bench-{rt}-{i}"));
+                c
+            }),
+        ));
+    }
+    // Check each variant once; a failing one is reported, not timed.
+    let mut working = Vec::new();
+    for (label, mk) in variants {
+        match time_cmd(&mut mk(usize::MAX)) {
+            Ok(_) => working.push((label, mk, Vec::new())),
+            Err(e) => r.note(s, format!("{label}: fails here: {e:#}")),
+        }
+    }
+    let n = working.len().max(1);
+    for round in 0..opts.runs.max(5) {
+        for k in 0..working.len() {
+            let idx = (round + k) % n;
+            let (_, mk, samples) = &mut working[idx];
+            if let Ok(ms) = time_cmd(&mut mk(round)) {
+                samples.push(ms);
+            }
+        }
+    }
+    for (label, _, mut samples) in working {
+        let target = if label.starts_with("berth (Docker") {
+            "median <= crun's"
+        } else {
+            ""
+        };
+        r.row(s, label, &mut samples, target);
+    }
 }
 
 fn compose_file(n: usize, ignore_term: bool) -> String {

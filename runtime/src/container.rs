@@ -620,14 +620,20 @@ impl Container {
     }
 }
 
-/// Whether `pid` catches or blocks `sig` (SigCgt / SigBlk in /proc/PID/status).
+/// Whether `pid` catches or blocks `sig` (SigCgt / SigBlk in /proc/PID/status); true when
+/// unknown, so the caller keeps the grace period.
 pub(crate) fn handles_signal(pid: i32, sig: Signal) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(text) => status_handles(&text, sig),
+        Err(_) => true,
+    }
+}
+
+fn status_handles(status: &str, sig: Signal) -> bool {
     let bit = 1u64 << (sig as i32 - 1);
     let mask = |key: &str| {
-        text.lines()
+        status
+            .lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or(u64::MAX)
@@ -640,11 +646,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sees_own_signal_handling() {
-        // The test harness does not catch SIGINT... but Rust's runtime ignores SIGPIPE
-        // (ignored is neither caught nor blocked).
-        let me = std::process::id() as i32;
-        assert!(!handles_signal(me, Signal::SIGPIPE));
+    fn reads_caught_and_blocked_masks() {
+        let plain =
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000004000\nSigCgt:\t0000000000000000\n";
+        assert!(
+            !status_handles(plain, Signal::SIGTERM),
+            "ignored is not handled"
+        );
+        let caught = plain.replace("SigCgt:\t0000000000000000", "SigCgt:\t0000000000004000");
+        assert!(status_handles(&caught, Signal::SIGTERM));
+        assert!(!status_handles(&caught, Signal::SIGINT));
+        let blocked = plain.replace("SigBlk:\t0000000000000000", "SigBlk:\t0000000000000002");
+        assert!(status_handles(&blocked, Signal::SIGINT));
+        assert!(
+            status_handles("garbage", Signal::SIGTERM),
+            "unreadable: keep the grace period"
+        );
         assert!(
             handles_signal(-1, Signal::SIGTERM),
             "unknown pid: assume handled"

@@ -6,7 +6,7 @@
 //! let rt = Runtime::new("<root>/containers");            // .with_helper(path) in tests
 //! let c: Container = rt.run(&spec)?;                      // create + start; returns once the command runs
 //! let c = rt.get("id")?;  rt.list()?;                     // re-attach from disk, in any process
-//! c.status()? -> Status   c.pid()   c.pidfd()?   c.log_path()
+//! c.status()? -> Status   c.pid()   c.shim_pid()   c.pidfd()?   c.log_path()   c.state_dir()
 //! c.signal(Signal::SIGHUP)?;  c.stop(Duration)? -> ExitRecord;  c.kill_all()?
 //! c.pause()?; c.unpause()?;   c.stats()? -> Stats
 //! c.exec(&ExecSpec::new(["sh", "-c", "…"]))? -> ExecOutput { code, stdout, stderr }

@@ -334,6 +334,82 @@ fn overlay_options(
     Ok((render(Some(&base)), Some(base)))
 }
 
+/// Mounts overlayfs at `target` through fsopen/fsconfig/fsmount/move_mount, one `lowerdir+`
+/// per layer (top first), so the layer count is not bounded by the page-size limit on
+/// `mount(2)` data.
+fn mount_overlay_fsconfig(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let last = || std::io::Error::last_os_error();
+    // SAFETY: raw syscalls with valid C strings; returned fds are wrapped at once.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC);
+        if fs < 0 {
+            return Err(last());
+        }
+        let fs = OwnedFd::from_raw_fd(fs as RawFd);
+        let set = |key: &std::ffi::CStr, value: &Path| -> std::io::Result<()> {
+            let v = cstr(value);
+            let rc = libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                v.as_ptr(),
+                0,
+            );
+            if rc < 0 {
+                return Err(last());
+            }
+            Ok(())
+        };
+        for l in lower.iter().rev() {
+            set(c"lowerdir+", l)?;
+        }
+        set(c"upperdir", upper)?;
+        set(c"workdir", work)?;
+        let null: *const libc::c_char = std::ptr::null();
+        if libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            null,
+            null,
+            0,
+        ) < 0
+        {
+            return Err(last());
+        }
+        let m = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0);
+        if m < 0 {
+            return Err(last());
+        }
+        let m = OwnedFd::from_raw_fd(m as RawFd);
+        let t = cstr(target);
+        if libc::syscall(
+            libc::SYS_move_mount,
+            m.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ) < 0
+        {
+            return Err(last());
+        }
+    }
+    debug!(layers = lower.len(), target = %target.display(), "overlay mounted with fsconfig");
+    Ok(())
+}
+
 /// Mounts the root filesystem and everything under it, then pivots into it. `mountpoint` is
 /// the state dir's `rootfs` dir (used for overlay).
 pub(crate) fn prepare(
@@ -354,6 +430,16 @@ pub(crate) fn prepare(
     let root_path: PathBuf = match &spec.rootfs {
         Rootfs::Overlay { lower, upper, work } => {
             let (opts, base) = overlay_options(lower, upper, work)?;
+            // Too long for one page of mount data: add the layers one by one with the new
+            // mount API (`lowerdir+`, Linux ≥ 6.8); older kernels get relative paths below.
+            if base.is_some() {
+                match mount_overlay_fsconfig(lower, upper, work, mountpoint) {
+                    Ok(()) => return finish_prepare(spec, mountpoint.to_path_buf(), cgroup),
+                    Err(e) => {
+                        debug!(error = %e, "fsconfig lowerdir+ unavailable, using relative paths")
+                    }
+                }
+            }
             if let Some(b) = &base {
                 nix::unistd::chdir(b.as_path()).map_err(|source| RootfsError::Mount {
                     what: "overlay (chdir to layer base)".into(),
@@ -384,6 +470,15 @@ pub(crate) fn prepare(
             dir.clone()
         }
     };
+    finish_prepare(spec, root_path, cgroup)
+}
+
+/// Everything after the root mount: the mounts inside it and pivot_root.
+fn finish_prepare(
+    spec: &ContainerSpec,
+    root_path: PathBuf,
+    cgroup: &CgroupView,
+) -> Result<(), RootfsError> {
     let root: OwnedFd = nix::fcntl::open(
         root_path.as_path(),
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,

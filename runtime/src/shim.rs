@@ -80,8 +80,7 @@ pub(crate) fn main(args: &[String]) -> u8 {
             0
         }
         Err(chain) => {
-            let chain = chain.context(format!("start container {id}"));
-            eprintln!("berth shim: {chain}");
+            eprintln!("berth shim: start container {id}: {chain}");
             let _ = protocol::send(report, &ShimReport::Failed { chain });
             1
         }

@@ -183,9 +183,9 @@ pub async fn run(g: &GlobalOpts, cmd: ComposeCommand) -> anyhow::Result<ExitCode
 
 fn open_engine(g: &GlobalOpts) -> anyhow::Result<Arc<Engine>> {
     let exe = std::env::current_exe().context("cannot find the berth binary")?;
-    Ok(Arc::new(
-        Engine::open(&g.root, exe).with_context(|| format!("opening berth state at {}", g.root.display()))?,
-    ))
+    Ok(Arc::new(Engine::open(&g.root, exe).with_context(|| {
+        format!("opening berth state at {}", g.root.display())
+    })?))
 }
 
 fn load(g: &GlobalOpts, services: &[String]) -> anyhow::Result<Project> {
@@ -240,7 +240,10 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
             Ok(r) => r,
             Err(_) => {
                 let _ = printer.await;
-                anyhow::bail!("project {} was not ready within {secs}s", project.name.as_str());
+                anyhow::bail!(
+                    "project {} was not ready within {secs}s",
+                    project.name.as_str()
+                );
             }
         },
         None => engine.up(project.clone(), plan, tx).await,
@@ -293,7 +296,11 @@ async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
         }
     }
     engine
-        .down(name, &volumes, Duration::from_secs(args.timeout.unwrap_or(10)))
+        .down(
+            name,
+            &volumes,
+            Duration::from_secs(args.timeout.unwrap_or(10)),
+        )
         .await
         .with_context(|| format!("taking down project {name}"))?;
     Ok(ExitCode::SUCCESS)
@@ -314,7 +321,11 @@ async fn stop(g: &GlobalOpts, args: StopArgs) -> anyhow::Result<ExitCode> {
     let name = project_name(g)?;
     let engine = open_engine(g)?;
     engine
-        .stop(&name, &args.services, Duration::from_secs(args.timeout.unwrap_or(10)))
+        .stop(
+            &name,
+            &args.services,
+            Duration::from_secs(args.timeout.unwrap_or(10)),
+        )
         .await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -342,19 +353,42 @@ async fn logs(g: &GlobalOpts, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let engine = open_engine(g)?;
     let tail = match args.tail.as_deref() {
         None | Some("all") => None,
-        Some(n) => Some(n.parse::<usize>().with_context(|| format!("--tail {n:?}: not a number"))?),
+        Some(n) => Some(
+            n.parse::<usize>()
+                .with_context(|| format!("--tail {n:?}: not a number"))?,
+        ),
     };
     let color = !args.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
     if args.follow {
-        follow_logs(engine, name, args.services, tail, args.timestamps, args.no_log_prefix).await?;
+        follow_logs(
+            engine,
+            name,
+            args.services,
+            tail,
+            args.timestamps,
+            args.no_log_prefix,
+        )
+        .await?;
     } else {
         let files = engine.log_files(&name, &args.services).await?;
-        let width = files.iter().map(|f| prefix_of(&f.1, f.2).len()).max().unwrap_or(0);
+        let width = files
+            .iter()
+            .map(|f| prefix_of(&f.1, f.2).len())
+            .max()
+            .unwrap_or(0);
         for (i, (_, svc, n, path)) in files.iter().enumerate() {
             let lines = berth_runtime::log::read_log(path).unwrap_or_default();
             let skip = tail.map(|t| lines.len().saturating_sub(t)).unwrap_or(0);
             for l in &lines[skip..] {
-                render::log_line(&prefix_of(svc, *n), width, i, color && !args.no_color, args.no_log_prefix, args.timestamps, l);
+                render::log_line(
+                    &prefix_of(svc, *n),
+                    width,
+                    i,
+                    color && !args.no_color,
+                    args.no_log_prefix,
+                    args.timestamps,
+                    l,
+                );
             }
         }
     }
@@ -381,7 +415,11 @@ async fn follow_logs(
     let mut first = true;
     loop {
         let files = engine.log_files(&project, &services).await?;
-        let width = files.iter().map(|f| prefix_of(&f.1, f.2).len()).max().unwrap_or(0);
+        let width = files
+            .iter()
+            .map(|f| prefix_of(&f.1, f.2).len())
+            .max()
+            .unwrap_or(0);
         for (i, (_, svc, n, path)) in files.iter().enumerate() {
             let lines = berth_runtime::log::read_log(path).unwrap_or_default();
             let start = match seen.get(path) {
@@ -390,7 +428,15 @@ async fn follow_logs(
                 None => 0,
             };
             for l in &lines[start..] {
-                render::log_line(&prefix_of(svc, *n), width, i, color, no_prefix, timestamps, l);
+                render::log_line(
+                    &prefix_of(svc, *n),
+                    width,
+                    i,
+                    color,
+                    no_prefix,
+                    timestamps,
+                    l,
+                );
             }
             seen.insert(path.clone(), lines.len());
         }

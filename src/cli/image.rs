@@ -240,7 +240,7 @@ fn registry_config(insecure: &[String]) -> RegistryConfig {
     }
 }
 
-async fn pull(_g: &GlobalOpts, store: &Store, a: PullArgs) -> anyhow::Result<ExitCode> {
+async fn pull(g: &GlobalOpts, store: &Store, a: PullArgs) -> anyhow::Result<ExitCode> {
     let r = ImageRef::parse(&a.reference)?;
     let platform = match &a.platform {
         Some(p) => Some(
@@ -251,10 +251,11 @@ async fn pull(_g: &GlobalOpts, store: &Store, a: PullArgs) -> anyhow::Result<Exi
     };
     let opts = PullOptions {
         platform,
-        progress: if a.quiet {
-            registry::Progress::Quiet
-        } else {
-            registry::Progress::Auto
+        // `--progress` (global, docker compose's values) unless -q.
+        progress: match (a.quiet, g.progress.as_str()) {
+            (true, _) | (_, "quiet") => registry::Progress::Quiet,
+            (_, "plain" | "json") => registry::Progress::Plain,
+            _ => registry::Progress::Auto,
         },
     };
     let out = registry::pull(store, &registry_config(&a.insecure_registries), &r, &opts)

@@ -29,7 +29,9 @@ pub async fn progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, mode:
             "quiet" => {}
             "json" => {
                 let v = match &ev {
-                    Event::Started { what } => serde_json::json!({"status": "started", "what": what}),
+                    Event::Started { what } => {
+                        serde_json::json!({"status": "started", "what": what})
+                    }
                     Event::Done { what, elapsed } => serde_json::json!({
                         "status": "done", "what": what, "seconds": elapsed.as_secs_f64()
                     }),
@@ -42,10 +44,7 @@ pub async fn progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, mode:
                     if what.starts_with("ensure image") && elapsed.as_millis() < 5 {
                         continue;
                     }
-                    eprintln!(
-                        " ✔ {what:<48} {:>6.1}s",
-                        start.elapsed().as_secs_f64()
-                    );
+                    eprintln!(" ✔ {what:<48} {:>6.1}s", start.elapsed().as_secs_f64());
                 }
             }
         }
@@ -82,8 +81,18 @@ pub fn ps(rows: &[PsRow], quiet: bool, services: bool, format: &str) -> anyhow::
         .max()
         .unwrap_or(0)
         .max(7);
-    let w_svc = rows.iter().map(|r| r.service.len()).max().unwrap_or(0).max(7);
-    let w_status = rows.iter().map(|r| r.status.len()).max().unwrap_or(0).max(6);
+    let w_svc = rows
+        .iter()
+        .map(|r| r.service.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let w_status = rows
+        .iter()
+        .map(|r| r.status.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     writeln!(
         out,
         "{:<w_name$}   {:<w_image$}   {:<w_cmd$}   {:<w_svc$}   {:<w_status$}   PORTS",

@@ -32,7 +32,10 @@ pub fn parse_upstream(v: &str) -> Result<Upstream, String> {
             .map(|s| {
                 let s = s.trim();
                 s.parse::<SocketAddr>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .or_else(|_| {
+                        s.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
                     .map_err(|_| format!("BERTH_DNS_UPSTREAM: {s:?} is not an ip[:port]"))
             })
             .collect::<Result<Vec<_>, _>>()

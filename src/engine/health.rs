@@ -59,10 +59,25 @@ pub fn resolve(service: &Service, image: &Image) -> Option<Check> {
         };
         return Some(Check {
             argv: test_argv(&test)?,
-            interval: h.interval.map(|d| d.0).or_else(|| img.and_then(|i| nanos(i.interval))).unwrap_or(DEFAULT_INTERVAL),
-            timeout: h.timeout.map(|d| d.0).or_else(|| img.and_then(|i| nanos(i.timeout))).unwrap_or(DEFAULT_TIMEOUT),
-            retries: h.retries.or_else(|| img.and_then(|i| i.retries).map(|r| r as u64)).unwrap_or(DEFAULT_RETRIES),
-            start_period: h.start_period.map(|d| d.0).or_else(|| img.and_then(|i| nanos(i.start_period))).unwrap_or_default(),
+            interval: h
+                .interval
+                .map(|d| d.0)
+                .or_else(|| img.and_then(|i| nanos(i.interval)))
+                .unwrap_or(DEFAULT_INTERVAL),
+            timeout: h
+                .timeout
+                .map(|d| d.0)
+                .or_else(|| img.and_then(|i| nanos(i.timeout)))
+                .unwrap_or(DEFAULT_TIMEOUT),
+            retries: h
+                .retries
+                .or_else(|| img.and_then(|i| i.retries).map(|r| r as u64))
+                .unwrap_or(DEFAULT_RETRIES),
+            start_period: h
+                .start_period
+                .map(|d| d.0)
+                .or_else(|| img.and_then(|i| nanos(i.start_period)))
+                .unwrap_or_default(),
             start_interval: h
                 .start_interval
                 .map(|d| d.0)
@@ -75,7 +90,10 @@ pub fn resolve(service: &Service, image: &Image) -> Option<Check> {
         argv: test_argv(i.test.as_deref().unwrap_or_default())?,
         interval: nanos(i.interval).unwrap_or(DEFAULT_INTERVAL),
         timeout: nanos(i.timeout).unwrap_or(DEFAULT_TIMEOUT),
-        retries: i.retries.map(|r| r.max(0) as u64).unwrap_or(DEFAULT_RETRIES),
+        retries: i
+            .retries
+            .map(|r| r.max(0) as u64)
+            .unwrap_or(DEFAULT_RETRIES),
         start_period: nanos(i.start_period).unwrap_or_default(),
         start_interval: nanos(i.start_interval).unwrap_or(DEFAULT_START_INTERVAL),
     })
@@ -108,7 +126,8 @@ pub async fn wait_healthy(
             )));
         }
         let argv = check.argv.clone();
-        let probe = tokio::task::spawn_blocking(move || c.exec(&berth_runtime::ExecSpec::new(argv)));
+        let probe =
+            tokio::task::spawn_blocking(move || c.exec(&berth_runtime::ExecSpec::new(argv)));
         let ok = match tokio::time::timeout(check.timeout, probe).await {
             Ok(Ok(Ok(out))) => {
                 last = format!(
@@ -144,7 +163,12 @@ pub async fn wait_healthy(
                 )));
             }
         }
-        tokio::time::sleep(if in_start { check.start_interval } else { check.interval }).await;
+        tokio::time::sleep(if in_start {
+            check.start_interval
+        } else {
+            check.interval
+        })
+        .await;
     }
 }
 

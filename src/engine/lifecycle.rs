@@ -140,7 +140,9 @@ impl Engine {
             let l = &c.spec().labels;
             let running = matches!(
                 c.status(),
-                Ok(berth_runtime::Status::Running | berth_runtime::Status::Created | berth_runtime::Status::Paused)
+                Ok(berth_runtime::Status::Running
+                    | berth_runtime::Status::Created
+                    | berth_runtime::Status::Paused)
             );
             out.push(Observed {
                 id: c.id().to_string(),
@@ -280,28 +282,33 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let rt = self.runtime.clone();
         let id2 = id.clone();
-        let netns_from_spec = tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, EngineError> {
-            let netns = match rt.get(&id2) {
-                Ok(c) => {
-                    let netns = match &c.spec().network {
-                        berth_runtime::Network::Join(p) => Some(p.clone()),
-                        _ => None,
-                    };
-                    if matches!(
-                        c.status(),
-                        Ok(berth_runtime::Status::Running | berth_runtime::Status::Paused | berth_runtime::Status::Created)
-                    ) {
-                        c.stop(timeout).map_err(failed(format!("stopping container {id2}")))?;
+        let netns_from_spec =
+            tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, EngineError> {
+                let netns = match rt.get(&id2) {
+                    Ok(c) => {
+                        let netns = match &c.spec().network {
+                            berth_runtime::Network::Join(p) => Some(p.clone()),
+                            _ => None,
+                        };
+                        if matches!(
+                            c.status(),
+                            Ok(berth_runtime::Status::Running
+                                | berth_runtime::Status::Paused
+                                | berth_runtime::Status::Created)
+                        ) {
+                            c.stop(timeout)
+                                .map_err(failed(format!("stopping container {id2}")))?;
+                        }
+                        netns
                     }
-                    netns
-                }
-                Err(_) => None,
-            };
-            rt.delete(&id2).map_err(failed(format!("removing container {id2}")))?;
-            Ok(netns)
-        })
-        .await
-        .map_err(failed(format!("removing container {id}")))??;
+                    Err(_) => None,
+                };
+                rt.delete(&id2)
+                    .map_err(failed(format!("removing container {id2}")))?;
+                Ok(netns)
+            })
+            .await
+            .map_err(failed(format!("removing container {id}")))??;
         let mut errors = Vec::new();
         if let Err(e) = self.networks.unpublish(project, &id).await {
             errors.push(chain(&e));
@@ -309,7 +316,11 @@ impl Engine {
         if let Some(rec) = &rec {
             for a in &rec.attachments {
                 if let Err(e) = self.networks.detach(&a.network, &id).await {
-                    if !matches!(e, network::NetworkError::NotAttached { .. } | network::NetworkError::NotFound { .. }) {
+                    if !matches!(
+                        e,
+                        network::NetworkError::NotAttached { .. }
+                            | network::NetworkError::NotFound { .. }
+                    ) {
                         errors.push(chain(&e));
                     }
                 }
@@ -318,7 +329,9 @@ impl Engine {
         let netns = rec.and_then(|r| r.netns).or(netns_from_spec);
         if let Some(ns) = netns {
             // Only our own pins; a joined `container:`/`service:` netns belongs to its owner.
-            if ns.starts_with(self.root.netns_dir()) && ns.file_name().map(|f| f == id.as_str()).unwrap_or(false) {
+            if ns.starts_with(self.root.netns_dir())
+                && ns.file_name().map(|f| f == id.as_str()).unwrap_or(false)
+            {
                 if let Err(e) = network::netns::remove_netns(&ns) {
                     errors.push(chain(&e));
                 }
@@ -353,13 +366,23 @@ impl Engine {
         }
         let mut tasks = Vec::new();
         for c in self.project_containers(project).await? {
-            let svc = c.spec().labels.get(labels::SERVICE).cloned().unwrap_or_default();
+            let svc = c
+                .spec()
+                .labels
+                .get(labels::SERVICE)
+                .cloned()
+                .unwrap_or_default();
             if !services.is_empty() && !services.contains(&svc) {
                 continue;
             }
             tasks.push(tokio::task::spawn_blocking(move || {
-                if matches!(c.status(), Ok(berth_runtime::Status::Running | berth_runtime::Status::Paused)) {
-                    c.stop(timeout).map(|_| ()).map_err(failed(format!("stopping {}", c.id())))
+                if matches!(
+                    c.status(),
+                    Ok(berth_runtime::Status::Running | berth_runtime::Status::Paused)
+                ) {
+                    c.stop(timeout)
+                        .map(|_| ())
+                        .map_err(failed(format!("stopping {}", c.id())))
                 } else {
                     Ok(())
                 }
@@ -399,10 +422,15 @@ impl Engine {
                     && l.get(labels::NUMBER).and_then(|n| n.parse().ok()) == Some(index)
             })
             .ok_or_else(|| {
-                EngineError::Invalid(format!("service \"{service}\" is not running container #{index}"))
+                EngineError::Invalid(format!(
+                    "service \"{service}\" is not running container #{index}"
+                ))
             })?;
         if !matches!(c.status(), Ok(berth_runtime::Status::Running)) {
-            return Err(EngineError::Invalid(format!("container {} is not running", c.id())));
+            return Err(EngineError::Invalid(format!(
+                "container {} is not running",
+                c.id()
+            )));
         }
         let id = c.id().to_string();
         let task = tokio::task::spawn_blocking(move || c.exec(&spec));
@@ -424,7 +452,9 @@ impl Engine {
         let mut rows = Vec::new();
         for c in self.project_containers(project).await? {
             let spec = c.spec();
-            let status = c.status().map_err(failed(format!("reading state of {}", c.id())))?;
+            let status = c
+                .status()
+                .map_err(failed(format!("reading state of {}", c.id())))?;
             let (state, status_text, code) = match &status {
                 berth_runtime::Status::Created => ("created", "Created".to_string(), None),
                 berth_runtime::Status::Running => ("running", "Up".to_string(), None),
@@ -440,7 +470,11 @@ impl Engine {
             let id = c.id().to_string();
             rows.push(PsRow {
                 name: id.clone(),
-                service: spec.labels.get(labels::SERVICE).cloned().unwrap_or_default(),
+                service: spec
+                    .labels
+                    .get(labels::SERVICE)
+                    .cloned()
+                    .unwrap_or_default(),
                 number: spec
                     .labels
                     .get(labels::NUMBER)
@@ -456,7 +490,10 @@ impl Engine {
                     .iter()
                     .filter(|p| p.container == id)
                     .map(|p| {
-                        let ip = p.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into());
+                        let ip = p
+                            .host_ip
+                            .map(|i| i.to_string())
+                            .unwrap_or_else(|| "0.0.0.0".into());
                         format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.protocol)
                     })
                     .collect(),
@@ -479,7 +516,10 @@ impl Engine {
             if !services.is_empty() && !services.contains(&svc) {
                 continue;
             }
-            let n = l.get(labels::NUMBER).and_then(|n| n.parse().ok()).unwrap_or(1);
+            let n = l
+                .get(labels::NUMBER)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
             out.push((c.id().to_string(), svc, n, c.log_path()));
         }
         out.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
@@ -569,7 +609,9 @@ async fn execute(run: Arc<Run>, plan: Plan) -> Result<(), EngineError> {
         let fut = async move {
             for d in deps {
                 if d.await.is_err() {
-                    return Err(Arc::new(format!("{op}: skipped, an operation it waits for failed")));
+                    return Err(Arc::new(format!(
+                        "{op}: skipped, an operation it waits for failed"
+                    )));
                 }
             }
             let what = op.to_string();
@@ -643,7 +685,11 @@ impl Run {
                 r.containers.retain(|c| &c.id != id);
                 self.save(&r).await
             }
-            Op::Create { service, number, name } => self.create(service, *number, name).await,
+            Op::Create {
+                service,
+                number,
+                name,
+            } => self.create(service, *number, name).await,
             Op::Start { name, .. } => self.start(name).await,
             Op::Wait { service, condition } => self.wait(service, *condition).await,
         }
@@ -652,7 +698,8 @@ impl Run {
     /// Persist the record and have the supervisor apply it (DNS names change now).
     async fn save(&self, r: &ProjectRecord) -> Result<(), EngineError> {
         let e = &self.engine;
-        state::write_json(&e.root.project_state(self.name()), r).map_err(failed("writing the project record"))?;
+        state::write_json(&e.root.project_state(self.name()), r)
+            .map_err(failed("writing the project record"))?;
         supervisor::ensure(&e.root, self.name(), &e.exe)
             .await
             .map_err(failed("starting the project supervisor"))?;
@@ -698,11 +745,16 @@ impl Run {
                     }
                 }
                 let pool = net.ipam.as_ref().and_then(|i| i.config.first());
-                let parse_net = |s: &Option<String>, what: &str| -> Result<Option<ipnet::Ipv4Net>, EngineError> {
+                let parse_net = |s: &Option<String>,
+                                 what: &str|
+                 -> Result<Option<ipnet::Ipv4Net>, EngineError> {
                     s.as_deref()
                         .map(|v| {
                             v.parse().map_err(|_| {
-                                EngineError::Invalid(format!("network {}: invalid {what} {v:?}", key.as_str()))
+                                EngineError::Invalid(format!(
+                                    "network {}: invalid {what} {v:?}",
+                                    key.as_str()
+                                ))
                             })
                         })
                         .transpose()
@@ -715,13 +767,19 @@ impl Run {
                         .and_then(|p| p.gateway.as_deref())
                         .map(|g| {
                             g.parse().map_err(|_| {
-                                EngineError::Invalid(format!("network {}: invalid gateway {g:?}", key.as_str()))
+                                EngineError::Invalid(format!(
+                                    "network {}: invalid gateway {g:?}",
+                                    key.as_str()
+                                ))
                             })
                         })
                         .transpose()?,
                     ip_range: parse_net(&pool.and_then(|p| p.ip_range.clone()), "ip_range")?,
                     internal: net.internal,
-                    bridge_name: net.driver_opts.get("com.docker.network.bridge.name").cloned(),
+                    bridge_name: net
+                        .driver_opts
+                        .get("com.docker.network.bridge.name")
+                        .cloned(),
                     mtu: net
                         .driver_opts
                         .get("com.docker.network.driver.mtu")
@@ -747,7 +805,11 @@ impl Run {
         // Named volumes of the project (created here too: they are project-wide).
         for (key, vol) in &self.project.volumes {
             if vol.external {
-                if e.volumes.get(&vol.name).map_err(failed(format!("volume {}", vol.name)))?.is_none() {
+                if e.volumes
+                    .get(&vol.name)
+                    .map_err(failed(format!("volume {}", vol.name)))?
+                    .is_none()
+                {
                     return Err(EngineError::Invalid(format!(
                         "external volume {:?} not found",
                         vol.name
@@ -766,7 +828,9 @@ impl Run {
             let mut l = vol.labels.clone();
             l.insert("com.docker.compose.project".into(), self.name().to_string());
             l.insert("com.docker.compose.volume".into(), key.as_str().to_string());
-            e.volumes.ensure(&vol.name, &l).map_err(failed(format!("creating volume {}", vol.name)))?;
+            e.volumes
+                .ensure(&vol.name, &l)
+                .map_err(failed(format!("creating volume {}", vol.name)))?;
         }
         let mut r = self.record.lock().await;
         r.project = self.name().to_string();
@@ -816,8 +880,12 @@ impl Run {
                     ))
                 })
                 .await
-                .map_err(failed(format!("pulling image {reference} for service {service}")))?
-                .map_err(failed(format!("pulling image {reference} for service {service}")))?;
+                .map_err(failed(format!(
+                    "pulling image {reference} for service {service}"
+                )))?
+                .map_err(failed(format!(
+                    "pulling image {reference} for service {service}"
+                )))?;
                 let store = self.engine.images.clone();
                 let r2 = reference.clone();
                 tokio::task::spawn_blocking(move || store.get(&r2))
@@ -838,8 +906,9 @@ impl Run {
         let project = self.name().to_string();
 
         // Network namespace: our own pin (bridge), none, host, or another container's.
-        let mode = network::mode::NetworkMode::parse(svc.network_mode.as_deref().unwrap_or("bridge"))
-            .map_err(failed(format!("service {service}: network_mode")))?;
+        let mode =
+            network::mode::NetworkMode::parse(svc.network_mode.as_deref().unwrap_or("bridge"))
+                .map_err(failed(format!("service {service}: network_mode")))?;
         let (netns, own_pin) = match &mode {
             network::mode::NetworkMode::Bridge => {
                 let p = e.networks.netns_path(name);
@@ -884,19 +953,26 @@ impl Run {
             let r = self.record.lock().await.networks.clone();
             for (i, (key, opts)) in svc.networks.iter().enumerate() {
                 let nrec = r.iter().find(|n| n.key == key.as_str()).ok_or_else(|| {
-                    EngineError::Invalid(format!("service {service}: network {} was not created", key.as_str()))
+                    EngineError::Invalid(format!(
+                        "service {service}: network {} was not created",
+                        key.as_str()
+                    ))
                 })?;
                 let info = e
                     .networks
                     .network(&nrec.name)
                     .map_err(failed(format!("network {}", nrec.name)))?
-                    .ok_or_else(|| EngineError::Invalid(format!("network {} is gone", nrec.name)))?;
+                    .ok_or_else(|| {
+                        EngineError::Invalid(format!("network {} is gone", nrec.name))
+                    })?;
                 let ipv4 = opts
                     .as_ref()
                     .and_then(|o| o.ipv4_address.as_deref())
                     .map(|a| {
                         a.parse::<Ipv4Addr>().map_err(|_| {
-                            EngineError::Invalid(format!("service {service}: invalid ipv4_address {a:?}"))
+                            EngineError::Invalid(format!(
+                                "service {service}: invalid ipv4_address {a:?}"
+                            ))
                         })
                     })
                     .transpose()?;
@@ -933,7 +1009,8 @@ impl Run {
 
         // /etc/hosts, /etc/hostname, /etc/resolv.conf.
         let files_dir = e.root.container_files_dir(&project, name);
-        std::fs::create_dir_all(&files_dir).map_err(failed(format!("creating {}", files_dir.display())))?;
+        std::fs::create_dir_all(&files_dir)
+            .map_err(failed(format!("creating {}", files_dir.display())))?;
         let hostname = svc.hostname.clone().unwrap_or_else(|| name.to_string());
         let own: Vec<IpAddr> = attachments.iter().map(|a| IpAddr::V4(a.ip)).collect();
         let mut extra = Vec::new();
@@ -941,10 +1018,19 @@ impl Run {
             let (host, ip) = h
                 .split_once('=')
                 .or_else(|| h.split_once(':'))
-                .ok_or_else(|| EngineError::Invalid(format!("service {service}: invalid extra_hosts entry {h:?}")))?;
-            let ip: IpAddr = ip.trim_matches(|c| c == '[' || c == ']').parse().map_err(|_| {
-                EngineError::Invalid(format!("service {service}: invalid address in extra_hosts entry {h:?}"))
-            })?;
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "service {service}: invalid extra_hosts entry {h:?}"
+                    ))
+                })?;
+            let ip: IpAddr = ip
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .map_err(|_| {
+                    EngineError::Invalid(format!(
+                        "service {service}: invalid address in extra_hosts entry {h:?}"
+                    ))
+                })?;
             extra.push((host.to_string(), ip));
         }
         let gateway = {
@@ -965,15 +1051,28 @@ impl Run {
             etc_files.push((
                 write(
                     "hosts",
-                    network::container_files::hosts(&hostname, svc.domainname.as_deref(), &own, &extra),
+                    network::container_files::hosts(
+                        &hostname,
+                        svc.domainname.as_deref(),
+                        &own,
+                        &extra,
+                    ),
                 )?,
                 "/etc/hosts",
             ));
-            etc_files.push((write("hostname", network::container_files::hostname(&hostname))?, "/etc/hostname"));
+            etc_files.push((
+                write("hostname", network::container_files::hostname(&hostname))?,
+                "/etc/hostname",
+            ));
             etc_files.push((
                 write(
                     "resolv.conf",
-                    network::container_files::resolv_conf(gateway, &dns, &svc.dns_search, &svc.dns_opt),
+                    network::container_files::resolv_conf(
+                        gateway,
+                        &dns,
+                        &svc.dns_search,
+                        &svc.dns_opt,
+                    ),
                 )?,
                 "/etc/resolv.conf",
             ));
@@ -992,7 +1091,11 @@ impl Run {
                             .iter()
                             .find(|(k, _)| k.as_str() == src)
                             .map(|(_, v)| v.name.clone())
-                            .ok_or_else(|| EngineError::Invalid(format!("service {service}: volume {src} is not declared")))?,
+                            .ok_or_else(|| {
+                                EngineError::Invalid(format!(
+                                    "service {service}: volume {src} is not declared"
+                                ))
+                            })?,
                         None => format!("{name}-anon-{}", hex_short(&m.target)),
                     };
                     let v = e
@@ -1018,8 +1121,10 @@ impl Run {
                     if !src.exists() {
                         let create = m.bind.as_ref().map(|b| b.create_host_path).unwrap_or(true);
                         if create {
-                            std::fs::create_dir_all(&src)
-                                .map_err(failed(format!("service {service}: creating bind source {}", src.display())))?;
+                            std::fs::create_dir_all(&src).map_err(failed(format!(
+                                "service {service}: creating bind source {}",
+                                src.display()
+                            )))?;
                         } else {
                             return Err(EngineError::Invalid(format!(
                                 "service {service}: bind source path {} does not exist",
@@ -1052,7 +1157,8 @@ impl Run {
         let rw = e.rw_dir(name);
         let _ = std::fs::remove_dir_all(&rw);
         for d in ["upper", "work"] {
-            std::fs::create_dir_all(rw.join(d)).map_err(failed(format!("creating {}", rw.display())))?;
+            std::fs::create_dir_all(rw.join(d))
+                .map_err(failed(format!("creating {}", rw.display())))?;
         }
 
         let placement = Placement {
@@ -1070,7 +1176,8 @@ impl Run {
             etc_files,
             mounts,
         };
-        let mut cspec = spec::container_spec(&svc, &image, &placement).map_err(failed(format!("container {name}")))?;
+        let mut cspec = spec::container_spec(&svc, &image, &placement)
+            .map_err(failed(format!("container {name}")))?;
         if matches!(mode, network::mode::NetworkMode::Host) {
             cspec.network = berth_runtime::Network::Host;
         }
@@ -1114,7 +1221,11 @@ impl Run {
             // Started by `up` again: its restart policy applies again.
             let mut r = self.record.lock().await;
             let mut changed = false;
-            for c in r.containers.iter_mut().filter(|c| c.id == name && c.stopped) {
+            for c in r
+                .containers
+                .iter_mut()
+                .filter(|c| c.id == name && c.stopped)
+            {
                 c.stopped = false;
                 changed = true;
             }
@@ -1130,13 +1241,17 @@ impl Run {
                 None => {
                     // An existing, stopped container: start it again with the same spec
                     // and writable layer, as `docker start` does.
-                    let old = rt.get(&name2).map_err(failed(format!("container {name2}")))?;
+                    let old = rt
+                        .get(&name2)
+                        .map_err(failed(format!("container {name2}")))?;
                     let s = old.spec().clone();
-                    rt.delete(&name2).map_err(failed(format!("container {name2}")))?;
+                    rt.delete(&name2)
+                        .map_err(failed(format!("container {name2}")))?;
                     s
                 }
             };
-            rt.run(&spec).map_err(failed(format!("starting container {name2}")))?;
+            rt.run(&spec)
+                .map_err(failed(format!("starting container {name2}")))?;
             Ok(())
         })
         .await
@@ -1218,7 +1333,10 @@ fn port_binding(
     let bad = |what: &str| EngineError::Invalid(format!("service {service}: invalid port {what}"));
     let host_ip = match p.host_ip.as_deref() {
         None | Some("") | Some("0.0.0.0") => None,
-        Some(h) => Some(h.parse::<Ipv4Addr>().map_err(|_| bad(&format!("host_ip {h:?}")))?),
+        Some(h) => Some(
+            h.parse::<Ipv4Addr>()
+                .map_err(|_| bad(&format!("host_ip {h:?}")))?,
+        ),
     };
     let host_port = match p.published.as_deref() {
         None | Some("") => None,

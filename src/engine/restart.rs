@@ -66,9 +66,8 @@ struct Track {
 
 /// Watch the project's containers until the process ends.
 pub async fn monitor(root: Root, project: String) {
-    let runtime = berth_runtime::Runtime::new(root.containers_dir()).with_helper(
-        std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
-    );
+    let runtime = berth_runtime::Runtime::new(root.containers_dir())
+        .with_helper(std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()));
     let mut tracks: HashMap<String, Track> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -83,8 +82,8 @@ pub async fn monitor(root: Root, project: String) {
             }
             let rt = runtime.clone();
             let id = c.id.clone();
-            let status = tokio::task::spawn_blocking(move || rt.get(&id).and_then(|h| h.status()))
-                .await;
+            let status =
+                tokio::task::spawn_blocking(move || rt.get(&id).and_then(|h| h.status())).await;
             let track = tracks.entry(c.id.clone()).or_insert_with(|| Track {
                 restarts: 0,
                 delay: FIRST_DELAY,
@@ -111,21 +110,24 @@ pub async fn monitor(root: Root, project: String) {
                 continue;
             }
             // Re-read the record: `stop`/`up` may have marked it since this pass began.
-            if let Ok(Some(fresh)) = state::read_json::<ProjectRecord>(&root.project_state(&project)) {
+            if let Ok(Some(fresh)) =
+                state::read_json::<ProjectRecord>(&root.project_state(&project))
+            {
                 if fresh.containers.iter().all(|x| x.id != c.id || x.stopped) {
                     continue;
                 }
             }
             let rt = runtime.clone();
             let id = c.id.clone();
-            let res = tokio::task::spawn_blocking(move || -> Result<(), berth_runtime::RuntimeError> {
-                let old = rt.get(&id)?;
-                let spec = old.spec().clone();
-                rt.delete(&id)?;
-                rt.run(&spec)?;
-                Ok(())
-            })
-            .await;
+            let res =
+                tokio::task::spawn_blocking(move || -> Result<(), berth_runtime::RuntimeError> {
+                    let old = rt.get(&id)?;
+                    let spec = old.spec().clone();
+                    rt.delete(&id)?;
+                    rt.run(&spec)?;
+                    Ok(())
+                })
+                .await;
             match res {
                 Ok(Ok(())) => {
                     track.restarts += 1;
@@ -162,8 +164,14 @@ mod tests {
         assert!(decide(Policy::Always, false, 0, 99));
         assert!(!decide(Policy::Always, true, 1, 0), "stopped on purpose");
         assert!(decide(Policy::OnFailure(Some(2)), false, 1, 1));
-        assert!(!decide(Policy::OnFailure(Some(2)), false, 1, 2), "max reached");
-        assert!(!decide(Policy::OnFailure(None), false, 0, 0), "success is final");
+        assert!(
+            !decide(Policy::OnFailure(Some(2)), false, 1, 2),
+            "max reached"
+        );
+        assert!(
+            !decide(Policy::OnFailure(None), false, 0, 0),
+            "success is final"
+        );
         assert!(decide(Policy::UnlessStopped, false, 0, 0));
     }
 }

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use berth_runtime::{ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs};
+use berth_runtime::{
+    ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs,
+};
 
 use crate::image::store::Image;
 use crate::project::model::{CommandLine, Service};
@@ -198,10 +200,9 @@ pub fn container_spec(
         pids: service.pids_limit,
     };
 
-    let no_new_privileges = service
-        .security_opt
-        .iter()
-        .any(|o| o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true");
+    let no_new_privileges = service.security_opt.iter().any(|o| {
+        o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true"
+    });
     let seccomp_unconfined = service
         .security_opt
         .iter()

@@ -103,11 +103,7 @@ pub fn load(store: &Store, path: &Path) -> Result<Vec<Loaded>> {
     if meta.is_dir() {
         return load_dir(store, path, path);
     }
-    let tmp = store
-        .dir()
-        .join("tmp")
-        .join(format!("load-{}", std::process::id()));
-    let _ = remove_all(&tmp);
+    let tmp = store.temp_path("load");
     fs::create_dir_all(&tmp).map_err(io_err(&tmp, "create temp dir"))?;
     let guard = TempDir(tmp.clone());
     let f = File::open(path).map_err(io_err(path, "open"))?;

@@ -634,9 +634,13 @@ pub async fn push(
                 reporter.line(&format!("{}: Layer already exists", d.digest.short()));
                 continue;
             }
-            let data = bytes::Bytes::from(store.read_blob(&d.digest)?);
+            // Streamed from the store file (monolithic PUT with Content-Length), never
+            // the whole layer in memory; a retry reopens the file.
+            let path = store.blob_path(&d.digest);
+            store.open_blob(&d.digest)?;
             retry("blob upload", || {
-                client.push_blob(&reference, data.clone(), d.digest.as_str())
+                let stream = file_stream(path.clone());
+                client.push_blob_stream(&reference, stream, d.digest.as_str(), Some(d.size))
             })
             .await
             .map_err(|e| req_err("uploading a blob", e))?;
@@ -669,6 +673,30 @@ pub async fn push(
     }
     .instrument(span)
     .await
+}
+
+/// A file as a stream of 1 MiB chunks, for streamed uploads.
+fn file_stream(
+    path: PathBuf,
+) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>> + Send + 'static
+{
+    use tokio::io::AsyncReadExt;
+    futures::stream::try_unfold(None::<tokio::fs::File>, move |f| {
+        let path = path.clone();
+        async move {
+            let mut f = match f {
+                Some(f) => f,
+                None => tokio::fs::File::open(&path).await?,
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.truncate(n);
+            Ok(Some((bytes::Bytes::from(buf), Some(f))))
+        }
+    })
 }
 
 #[cfg(test)]

@@ -212,6 +212,11 @@ impl Store {
         &self.dir
     }
 
+    /// A fresh, unique path under `tmp/` (not created), swept by gc when left behind.
+    pub fn temp_path(&self, prefix: &str) -> PathBuf {
+        self.dir.join("tmp").join(format!("{prefix}-{}", unique()))
+    }
+
     fn lock_file(&self, name: &str, op: FlockOperation) -> Result<LockGuard> {
         let p = self.dir.join(name);
         let f = fs::OpenOptions::new()
@@ -624,7 +629,14 @@ impl Store {
         let _lock = self.lock()?;
         let mut repos = self.read_repositories()?;
         repos.dangling.remove(&entry.manifest);
-        repos.refs.insert(r.to_string(), entry);
+        let previous = repos.refs.insert(r.to_string(), entry);
+        // Like Docker: an image whose last tag moved to another image (a newer pull) stays,
+        // as `<none>:<none>`, until `image prune`.
+        if let Some(prev) = previous {
+            if !repos.refs.values().any(|e| e.manifest == prev.manifest) {
+                repos.dangling.insert(prev.manifest);
+            }
+        }
         self.write_repositories(&repos)
     }
 

@@ -87,12 +87,21 @@ fn second_up_converges() {
     env.compose_ok(&dir, &["up", "-d"]);
     let pids = |rows: &[serde_json::Value]| -> Vec<(String, i64)> {
         rows.iter()
-            .map(|r| (r["service"].as_str().unwrap().to_string(), r["pid"].as_i64().unwrap_or(-1)))
+            .map(|r| {
+                (
+                    r["service"].as_str().unwrap().to_string(),
+                    r["pid"].as_i64().unwrap_or(-1),
+                )
+            })
             .collect()
     };
     let first = pids(&ps_json(&env, &dir));
     env.compose_ok(&dir, &["up", "-d"]);
-    assert_eq!(pids(&ps_json(&env, &dir)), first, "unchanged project was recreated");
+    assert_eq!(
+        pids(&ps_json(&env, &dir)),
+        first,
+        "unchanged project was recreated"
+    );
 
     support::write_file(&dir, "compose.yaml", &compose("2"));
     env.compose_ok(&dir, &["up", "-d"]);
@@ -223,7 +232,11 @@ services:
     let t = std::time::Instant::now();
     env.compose_ok(&dir, &["up", "-d"]);
     // up returns after db turned healthy (≥ 1 s after its start).
-    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
     let rows = ps_json(&env, &dir);
     let state = |svc: &str| {
         rows.iter()
@@ -302,7 +315,10 @@ fn restart_policies() {
     std::thread::sleep(Duration::from_millis(800));
     let rows = ps_json(&env, &dir);
     let steady = rows.iter().find(|r| r["service"] == "steady").unwrap();
-    assert_eq!(steady["state"], "exited", "a stopped `always` container stays down");
+    assert_eq!(
+        steady["state"], "exited",
+        "a stopped `always` container stays down"
+    );
     env.compose_ok(&dir, &["down", "-v"]);
     env.finish();
 }

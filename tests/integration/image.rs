@@ -840,7 +840,7 @@ fn many_layer_image_mounts() {
         b.append_data(&mut h, "top", data.as_bytes()).unwrap();
         layers.push(b.into_inner().unwrap());
     }
-    write_layout(&layout, &layers, "many:latest");
+    write_layout(&layout, &layers, Some("many:latest"));
     let img = berth::image::archive::load(&store, &layout)
         .unwrap()
         .remove(0)
@@ -888,8 +888,8 @@ fn many_layer_image_mounts() {
     env.finish();
 }
 
-/// Writes an OCI layout with one image of plain-tar layers, named `name`.
-fn write_layout(dir: &Path, layers: &[Vec<u8>], name: &str) -> String {
+/// Writes an OCI layout with one image of plain-tar layers, named `name` (or unnamed).
+fn write_layout(dir: &Path, layers: &[Vec<u8>], name: Option<&str>) -> String {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     let put = |b: &[u8]| {
         let d = Digest::of(b);
@@ -914,10 +914,14 @@ fn write_layout(dir: &Path, layers: &[Vec<u8>], name: &str) -> String {
     }))
     .unwrap();
     let md = put(&manifest);
-    let index = json!({"schemaVersion": 2, "manifests": [{
+    let mut desc = json!({
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": manifest.len(),
-        "annotations": {"io.containerd.image.name": name}
-    }]});
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}
+    });
+    if let Some(n) = name {
+        desc["annotations"]["io.containerd.image.name"] = json!(n);
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [desc]});
     std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     md.to_string()
@@ -1142,6 +1146,14 @@ fn pull_index_and_docker_manifest_list() {
         Digest::of(&host_dm).as_str()
     );
     assert!(v["GraphDriver"]["Data"]["LowerDirs"][0].as_str().is_some());
+    // The images the tags moved away from (arm64 pull) are kept as <none> until prune.
+    let list = ok(env.run(&["images"]));
+    if arch == "amd64" {
+        assert!(list.lines().any(|x| x.starts_with("<none>")), "{list}");
+    }
+    ok(env.run(&["image", "prune", "-f"]));
+    let list = ok(env.run(&["images"]));
+    assert!(!list.lines().any(|x| x.starts_with("<none>")), "{list}");
     drop(reg);
     env.finish();
 }
@@ -1559,9 +1571,9 @@ fn concurrent_pulls_share_the_store() {
 
 // ------------------------------------------------------------------ benchmark
 
-/// Deterministic, incompressible-ish bytes (xorshift), so the image is ~50 MB compressed.
+/// Deterministic incompressible bytes (xorshift64), so the image is ~50 MB compressed.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         x ^= x << 13;
@@ -1594,9 +1606,10 @@ fn bench_pull_unpack() {
     for l in 0..4u64 {
         let mut b = tar::Builder::new(Vec::new());
         for f in 0..1500u64 {
-            // Half random (incompressible), half text: ~8 kB of tar per file, ~12 MB a layer.
-            let mut data = noise(l * 100_000 + f, 4096);
-            data.extend(std::iter::repeat_n(b'a' + (f % 26) as u8, 4096));
+            // 8 kB random (incompressible; odd, distinct seeds) + 2 kB text per file:
+            // ~12.5 MB compressed a layer.
+            let mut data = noise((l * 100_000 + f) * 2 + 1, 8192);
+            data.extend(std::iter::repeat_n(b'a' + (f % 26) as u8, 2048));
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Regular);
             h.set_mode(0o644);
@@ -1689,5 +1702,75 @@ fn bench_pull_unpack() {
         o.as_secs_f64() / t.as_secs_f64()
     );
     drop(reg);
+    env.finish();
+}
+
+// ------------------------------------------------------------------ sharing, history, gc
+
+/// busybox and layered share their base layer (same ChainID → one directory); removing
+/// layered keeps the shared layer for busybox; `history` lists the config's history;
+/// `prune` drops dangling images and `prune -a` everything unused.
+#[test]
+fn layers_shared_by_chain_id_and_collected() {
+    require_root!();
+    let env = TestEnv::new("imgshare");
+    let bb = images::busybox_layout();
+    let ly = images::layered_layout();
+    ok(env.run(&[
+        "image",
+        "load",
+        "-q",
+        "-i",
+        bb.to_str().unwrap(),
+        "--name",
+        "busybox",
+    ]));
+    ok(env.run(&[
+        "image",
+        "load",
+        "-q",
+        "-i",
+        ly.to_str().unwrap(),
+        "--name",
+        "layered",
+    ]));
+    let store = Store::open(&env.root).unwrap();
+    let (b, l) = (store.get("busybox").unwrap(), store.get("layered").unwrap());
+    assert_eq!(b.layers[0], l.layers[0], "base layer shared");
+    let layer_count = || {
+        std::fs::read_dir(store.dir().join("layers"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(layer_count(), 3);
+    let hist = ok(env.run(&["image", "history", "layered"]));
+    assert!(hist.contains("whiteout, opaque dir"), "{hist}");
+    assert_eq!(hist.lines().count(), 4, "header + 3 entries: {hist}");
+    ok(env.run(&["image", "rm", "layered"]));
+    assert_eq!(layer_count(), 1);
+    assert!(
+        b.layers[0].join("bin/busybox").is_file(),
+        "shared layer kept"
+    );
+    // An unnamed load is dangling: listed as <none>, removed by prune.
+    let unnamed = env.root.join("unnamed-oci");
+    write_layout(&unnamed, &[Forge::new().file("hello", b"x").bytes()], None);
+    let out = ok(env.run(&["image", "load", "-i", unnamed.to_str().unwrap()]));
+    assert!(out.contains("Loaded image ID: sha256:"), "{out}");
+    let list = ok(env.run(&["images"]));
+    assert!(list.lines().any(|x| x.starts_with("<none>")), "{list}");
+    assert_eq!(layer_count(), 2);
+    ok(env.run(&["image", "prune", "-f"]));
+    assert_eq!(layer_count(), 1);
+    assert_eq!(store.list().unwrap().len(), 1);
+    ok(env.run(&["image", "prune", "-a", "-f"]));
+    assert_eq!(layer_count(), 0);
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(store.dir().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
     env.finish();
 }

@@ -799,8 +799,18 @@ fn cgroup_v2_core_files_work_on_the_unified_hierarchy() {
     }
     let env = TestEnv::new("rt-cgv2");
     // This host's v2 hierarchy has no memory/cpu/pids controllers (they are bound to v1), so
-    // only the core files are tested: placement, freeze/thaw, kill-all, removal.
-    let cg = CgroupV2::at(root, "bt-cgv2");
+    // only the core files and the BPF device filter are tested: placement, freeze/thaw,
+    // device rules, kill-all, removal.
+    /// Kills and removes the test cgroup even when an assertion fails.
+    struct Cleanup(CgroupV2);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.kill_all();
+            let _ = self.0.remove();
+        }
+    }
+    let guard = Cleanup(CgroupV2::at(root, "bt-cgv2"));
+    let cg = &guard.0;
     cg.create(&Limits::default(), false).unwrap();
     let mut child = std::process::Command::new("sleep")
         .arg("1000")
@@ -838,11 +848,36 @@ fn cgroup_v2_core_files_work_on_the_unified_hierarchy() {
         );
         limited.remove().unwrap();
     }
+    // The BPF device filter attached at create: a shell that moves itself into the cgroup can
+    // still open /dev/null but not /dev/kmsg (c 1:11), which root can open outside it.
+    let procs = cg.paths()[0].join("cgroup.procs");
+    let script = format!(
+        "echo $$ > {}; echo x > /dev/null && echo null=ok; (exec 3</dev/kmsg) 2>/dev/null && echo kmsg=ok || echo kmsg=denied",
+        procs.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("null=ok") && text.contains("kmsg=denied"),
+        "{text}"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", "(exec 3</dev/kmsg) && echo kmsg=ok"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("kmsg=ok"),
+        "kmsg readable outside the cgroup"
+    );
     cg.kill_all().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(child.wait().unwrap().signal(), Some(9));
     cg.remove().unwrap();
     assert!(!cg.exists());
+    drop(guard);
     env.finish();
 }
 
@@ -1272,5 +1307,42 @@ fn container_cli_lifecycle() {
     );
     let (code, _, err) = env.run(&["container", "rm", "bt-cli1", "bt-cli2"]);
     assert_eq!(code, 0, "{err}");
+    fx.finish();
+}
+
+#[test]
+fn overlay_with_many_long_layer_paths() {
+    crate::require_root!();
+    let fx = setup("rt-layers");
+    // 150 layers with long paths: ~20 KB of lowerdir, far past the one-page mount data limit.
+    let base = fx.root().join("layers");
+    let mut lower = vec![fx.rootfs.clone()];
+    for i in 0..150 {
+        let dir = base.join(format!("sha256-{i:0>64}")).join("diff");
+        std::fs::create_dir_all(dir.join("layers")).unwrap();
+        std::fs::write(dir.join("layers").join(i.to_string()), "").unwrap();
+        std::fs::write(dir.join("layers/shadow"), format!("layer {i}\n")).unwrap();
+        lower.push(dir);
+    }
+    let (upper, work) = (fx.root().join("upper"), fx.root().join("work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut spec = fx.spec(
+        "layers",
+        &[
+            "sh",
+            "-c",
+            "ls /layers | wc -l; cat /layers/shadow; ls /bin/busybox",
+        ],
+    );
+    spec.rootfs = Rootfs::Overlay { lower, upper, work };
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        vec!["151", "layer 149", "/bin/busybox"],
+        "top layer wins, every layer visible"
+    );
     fx.finish();
 }

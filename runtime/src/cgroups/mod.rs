@@ -10,6 +10,7 @@
 //! A hybrid host (v1 controllers plus a cgroup2 mount at `/sys/fs/cgroup/unified`, like this
 //! one) uses v1: the v2 hierarchy there holds no controller we need.
 
+pub mod devices;
 pub mod v1;
 pub mod v2;
 
@@ -62,6 +63,12 @@ pub enum CgroupError {
         controller: &'static str,
         what: &'static str,
         path: PathBuf,
+    },
+    #[error("cannot restrict devices for {path}")]
+    Devices {
+        path: PathBuf,
+        #[source]
+        source: devices::DeviceFilterError,
     },
     #[error("timed out waiting for {path} to {what}")]
     Timeout { path: PathBuf, what: &'static str },

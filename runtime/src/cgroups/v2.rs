@@ -3,9 +3,8 @@
 //! Takes the v2 mountpoint and a container id, gives a [`CgroupManager`]. Controllers are
 //! enabled in `cgroup.subtree_control` of the root and of `berth/` only when a limit needs
 //! them. Freezing (`cgroup.freeze`) and killing (`cgroup.kill`, kernel ≥ 5.14) are core v2
-//! files and need no controller. Device rules on v2 need a BPF_CGROUP_DEVICE program, which
-//! berth does not load yet: on a pure v2 host, CAP_MKNOD containers are not device-restricted
-//! by the cgroup (documented gap).
+//! files and need no controller. Device rules on v2 are a BPF_CGROUP_DEVICE program
+//! (`devices`), attached when the cgroup is created.
 
 use std::path::{Path, PathBuf};
 
@@ -71,7 +70,7 @@ pub(crate) fn shares_to_weight(shares: u64) -> u64 {
 }
 
 impl CgroupManager for CgroupV2 {
-    fn create(&self, limits: &Limits, _privileged: bool) -> Result<(), CgroupError> {
+    fn create(&self, limits: &Limits, privileged: bool) -> Result<(), CgroupError> {
         make_dir(&self.root.join(PARENT))?;
         let mem = limits.memory.is_some() || limits.memory_reservation.is_some();
         if mem {
@@ -85,6 +84,14 @@ impl CgroupManager for CgroupV2 {
         }
         make_dir(&self.dir)?;
         debug!(path = %self.dir.display(), "cgroup created");
+        if !privileged {
+            super::devices::attach(&self.dir, &super::devices::docker_default()).map_err(
+                |source| CgroupError::Devices {
+                    path: self.dir.clone(),
+                    source,
+                },
+            )?;
+        }
         let d = &self.dir;
         if let Some(m) = limits.memory {
             write(&d.join("memory.max"), &m.to_string())?;

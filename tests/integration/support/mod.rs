@@ -136,7 +136,10 @@ impl TestEnv {
     /// Run berth and assert it succeeded; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.run(args);
-        assert_eq!(code, 0, "berth {args:?} failed ({code}):\nstdout: {out}\nstderr: {err}");
+        assert_eq!(
+            code, 0,
+            "berth {args:?} failed ({code}):\nstdout: {out}\nstderr: {err}"
+        );
         out
     }
 
@@ -173,7 +176,10 @@ impl TestEnv {
     /// Like [`TestEnv::compose`], asserting success; returns stdout.
     pub fn compose_ok(&self, dir: &Path, args: &[&str]) -> String {
         let (code, out, err) = self.compose(dir, args);
-        assert_eq!(code, 0, "berth {args:?} failed ({code}):\nstdout: {out}\nstderr: {err}");
+        assert_eq!(
+            code, 0,
+            "berth {args:?} failed ({code}):\nstdout: {out}\nstderr: {err}"
+        );
         out
     }
 
