@@ -245,10 +245,19 @@ impl Engine {
         if let Err(e) = supervisor::shutdown(&self.root, project).await {
             errors.push(chain(&e));
         }
+        // Network state of the project's own networks goes in one `teardown_project`
+        // below (one nft delete, one link-group delete); containers only leave external
+        // networks one by one.
+        let external: BTreeSet<String> = record
+            .networks
+            .iter()
+            .filter(|n| n.external)
+            .map(|n| n.name.clone())
+            .collect();
         let mut tasks = Vec::new();
         for id in ids {
             let rec = record.containers.iter().find(|c| c.id == id).cloned();
-            tasks.push(self.remove_container(project, id, rec, timeout));
+            tasks.push(self.remove_container(project, id, rec, timeout, Some(&external)));
         }
         for r in futures::future::join_all(tasks).await {
             if let Err(e) = r {
@@ -272,13 +281,15 @@ impl Engine {
         }
     }
 
-    /// Stop, delete and detach one container; idempotent.
+    /// Stop, delete and detach one container; idempotent. With `only_networks`, network
+    /// state is released only for those networks (the caller tears the rest down at once).
     async fn remove_container(
         &self,
         project: &str,
         id: String,
         rec: Option<ContainerRecord>,
         timeout: Duration,
+        only_networks: Option<&BTreeSet<String>>,
     ) -> Result<(), EngineError> {
         let rt = self.runtime.clone();
         let id2 = id.clone();
@@ -310,11 +321,16 @@ impl Engine {
             .await
             .map_err(failed(format!("removing container {id}")))??;
         let mut errors = Vec::new();
-        if let Err(e) = self.networks.unpublish(project, &id).await {
-            errors.push(chain(&e));
+        if only_networks.is_none() {
+            if let Err(e) = self.networks.unpublish(project, &id).await {
+                errors.push(chain(&e));
+            }
         }
         if let Some(rec) = &rec {
             for a in &rec.attachments {
+                if only_networks.is_some_and(|only| !only.contains(&a.network)) {
+                    continue;
+                }
                 if let Err(e) = self.networks.detach(&a.network, &id).await {
                     if !matches!(
                         e,
@@ -679,7 +695,7 @@ impl Run {
                     rec
                 };
                 self.engine
-                    .remove_container(self.name(), id.clone(), rec, Duration::from_secs(10))
+                    .remove_container(self.name(), id.clone(), rec, Duration::from_secs(10), None)
                     .await?;
                 let mut r = self.record.lock().await;
                 r.containers.retain(|c| &c.id != id);
