@@ -117,7 +117,7 @@ fn main() -> Result<()> {
     section_network(&mut report);
     section_pull(&mut report);
     section_config(&opts, work.path(), &mut report)?;
-    section_rss(&mut report);
+    section_rss(&opts, work.path(), &mut report);
 
     if let Some(dir) = opts.json.parent() {
         std::fs::create_dir_all(dir)?;
@@ -444,10 +444,77 @@ fn section_config(opts: &Opts, work: &Path, r: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// Resident memory (kB) of every process whose command line contains all of `needles`.
+fn rss_kb(needles: &[&str]) -> (usize, u64) {
+    let mut n = 0;
+    let mut kb = 0;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    for e in rd.flatten() {
+        if !e
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if !needles.iter().all(|nd| cmd.contains(nd)) {
+            continue;
+        }
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        if let Some(v) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            n += 1;
+            kb += v;
+        }
+    }
+    (n, kb)
+}
+
 /// 7. RSS of the supervisor and shims with 10 services up.
-fn section_rss(r: &mut Report) {
-    r.note(
-        "7 rss",
-        "not built yet (needs the supervisor and shims of a 10-service stack)",
+fn section_rss(opts: &Opts, work: &Path, r: &mut Report) {
+    let s = "7 rss";
+    let root = work.join("rss-root");
+    let dir = work.join("rss10");
+    let _ = std::fs::create_dir_all(&dir);
+    if std::fs::write(dir.join("compose.yaml"), compose_file(10, true)).is_err() {
+        return;
+    }
+    let berth = |args: &[&str]| {
+        let mut c = Command::new(&opts.berth);
+        c.env("BERTH_ROOT", &root)
+            .env("BERTH_DNS_UPSTREAM", "none")
+            .current_dir(&dir)
+            .args(args);
+        c
+    };
+    let layout = work.join("busybox-oci");
+    let loaded = berth(&["image", "load", "-i", &layout.to_string_lossy()]).output();
+    if !matches!(loaded, Ok(ref o) if o.status.success()) {
+        r.note(s, "not built yet (`berth image load` failed)");
+        return;
+    }
+    if let Err(e) = time_cmd(&mut berth(&["up", "-d"])) {
+        r.note(s, format!("`berth up -d` failed: {e:#}"));
+        let _ = berth(&["down"]).output();
+        return;
+    }
+    let root_s = root.to_string_lossy().into_owned();
+    let (nsup, sup) = rss_kb(&["__supervise", "rss10"]);
+    let (nshim, shims) = rss_kb(&["__berth-runtime-shim", &root_s]);
+    let _ = berth(&["down"]).output();
+    let total_mb = (sup + shims) as f64 / 1024.0;
+    let line = format!(
+        "supervisor {:.1} MB ({nsup} process) + {nshim} shims {:.1} MB = {total_mb:.1} MB (target <= 15 MB; podman 24 MB, docker 279 MB)",
+        sup as f64 / 1024.0,
+        shims as f64 / 1024.0
     );
+    r.note(s, line);
 }

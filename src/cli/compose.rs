@@ -273,31 +273,42 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
-    let project = load(g, &[])?;
-    let engine = open_engine(g)?;
-    let volumes: Vec<String> = if args.volumes {
-        project
-            .volumes
-            .values()
-            .filter(|v| !v.external)
-            .map(|v| v.name.clone())
-            .collect()
-    } else {
-        Vec::new()
+    // Like `docker compose -p NAME down`, this works from state alone when no compose file
+    // is around (a fixture's temp dir already gone, a test cleaning up after a panic).
+    let (name, declared) = match load(g, &[]) {
+        Ok(project) => {
+            let declared: Vec<String> = project
+                .volumes
+                .values()
+                .filter(|v| !v.external)
+                .map(|v| v.name.clone())
+                .collect();
+            (project.name.as_str().to_string(), declared)
+        }
+        Err(e) => match &g.project_name {
+            Some(n) => {
+                tracing::info!(error = %e, "no project files; taking down project {n} from state");
+                (n.clone(), Vec::new())
+            }
+            None => return Err(e),
+        },
     };
-    let name = project.name.as_str();
-    let mut volumes = volumes;
+    let engine = open_engine(g)?;
+    let mut volumes = Vec::new();
     if args.volumes {
-        // Anonymous volumes of the project's containers, too.
+        volumes = declared;
+        // Volumes this project created (declared or anonymous), by their labels and names.
         for v in engine.volumes.list().unwrap_or_default() {
-            if v.name.starts_with(&format!("{name}-")) && v.name.contains("-anon-") {
+            let labelled = v.labels.get("com.docker.compose.project") == Some(&name);
+            let anonymous = v.name.starts_with(&format!("{name}-")) && v.name.contains("-anon-");
+            if (labelled || anonymous) && !volumes.contains(&v.name) {
                 volumes.push(v.name);
             }
         }
     }
     engine
         .down(
-            name,
+            &name,
             &volumes,
             Duration::from_secs(args.timeout.unwrap_or(10)),
         )

@@ -11,6 +11,7 @@ pub mod container;
 pub mod image;
 pub mod network;
 pub mod render;
+pub mod system;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,9 @@ pub enum Command {
     /// Manage single containers
     #[command(subcommand)]
     Container(container::ContainerCommand),
+    /// Manage berth (disk usage)
+    #[command(subcommand)]
+    System(system::SystemCommand),
 }
 
 /// Entry point of the `berth` binary.
@@ -124,6 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images(args) => image::run_images(g, args).await,
         Command::Network(cmd) => network::run(g, cmd).await,
         Command::Container(cmd) => container::run(g, cmd).await,
+        Command::System(cmd) => system::run(g, cmd).await,
     }
 }
 

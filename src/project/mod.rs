@@ -104,7 +104,14 @@ pub fn load(opts: &LoadOptions) -> Result<Project, LoadError> {
         None => {}
     }
 
-    let files = discover::compose_files(&opts.working_dir, &opts.files, &env)?;
+    // Without -f, files are discovered from --project-directory when it is given (as
+    // `docker compose --project-directory DIR up` does), else from the working dir.
+    let discovery_dir = if opts.files.is_empty() {
+        pre_dir.clone()
+    } else {
+        opts.working_dir.clone()
+    };
+    let files = discover::compose_files(&discovery_dir, &opts.files, &env)?;
     let dir = discover::project_dir(&opts.working_dir, opts.project_directory.as_deref(), &files);
     if explicit_env_files.is_none() && default_env_enabled && dir != pre_dir {
         // Second pass from the final project directory; keys already set stay.

@@ -351,3 +351,31 @@ fn scale_and_exec() {
     env.compose_ok(&dir, &["down"]);
     env.finish();
 }
+
+/// `berth -p NAME down -v` works from state alone when the compose file is gone (what a
+/// fixture's cleanup after a failure relies on), volumes included.
+#[test]
+fn down_by_project_name_without_files() {
+    require_root!();
+    let env = TestEnv::new("e2e-nofile");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "nofile",
+        "services:\n  a:\n    image: busybox\n    volumes: [data:/data]\n    command: [sleep, '3600']\nvolumes:\n  data: {}\n",
+    );
+    env.compose_ok(&dir, &["up", "-d"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let elsewhere = env.root.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    env.compose_ok(&elsewhere, &["down", "-v"]);
+    let vol = env
+        .root
+        .join("volumes")
+        .join(format!("{}_data", env.project));
+    assert!(
+        !vol.exists(),
+        "down -v by name must remove the project's volumes"
+    );
+    env.finish();
+}

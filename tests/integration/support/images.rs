@@ -1,4 +1,4 @@
-//! Fixture images, built once per test run into a shared temp dir (they are deterministic,
+//! Fixture images, built once per test run under cargo's target temp dir (they are deterministic,
 //! so every test sees the same digests). See the `berth-fixtures` crate for their content.
 
 use std::path::PathBuf;
@@ -7,7 +7,6 @@ use std::sync::OnceLock;
 use berth_fixtures::ImageDigests;
 
 struct Built {
-    _dir: tempfile::TempDir,
     busybox_layout: PathBuf,
     busybox_digests: ImageDigests,
     busybox_rootfs_tar: PathBuf,
@@ -18,20 +17,20 @@ struct Built {
 fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("bt-fixtures-")
-            .tempdir()
-            .expect("creating the fixture dir");
-        let busybox_layout = dir.path().join("busybox-oci");
+        // Under cargo's per-target temp dir, not /tmp: a static is never dropped, so a temp
+        // dir would outlive the run. The images are deterministic, so rewriting them in
+        // place each run is safe.
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+        std::fs::create_dir_all(&dir).expect("creating the fixture dir");
+        let busybox_layout = dir.join("busybox-oci");
         let busybox_digests =
             berth_fixtures::busybox_oci_layout(&busybox_layout).expect("building busybox layout");
-        let busybox_rootfs_tar = dir.path().join("busybox-rootfs.tar");
+        let busybox_rootfs_tar = dir.join("busybox-rootfs.tar");
         berth_fixtures::busybox_rootfs_tar(&busybox_rootfs_tar).expect("building busybox tar");
-        let layered_layout = dir.path().join("layered-oci");
+        let layered_layout = dir.join("layered-oci");
         let layered_digests =
             berth_fixtures::layered_oci_layout(&layered_layout).expect("building layered layout");
         Built {
-            _dir: dir,
             busybox_layout,
             busybox_digests,
             busybox_rootfs_tar,

@@ -247,12 +247,17 @@ fn processes() -> BTreeSet<String> {
         if !(exe_is_berth || cgroup.contains("berth")) {
             continue;
         }
-        let start = std::fs::read_to_string(base.join("stat"))
-            .ok()
-            .and_then(|s| {
-                let rest = s.rsplit_once(')')?.1.to_string();
-                rest.split_whitespace().nth(19).map(str::to_string)
-            })
+        let stat = std::fs::read_to_string(base.join("stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        // A zombie holds nothing but its pid; one reparented to a PID 1 that never reaps
+        // (some sandboxes) is not ours to fix.
+        if rest.split_whitespace().next() == Some("Z") {
+            continue;
+        }
+        let start = rest
+            .split_whitespace()
+            .nth(19)
+            .map(str::to_string)
             .unwrap_or_default();
         out.insert(format!("pid {pid} (start {start}): {cmdline}"));
     }
