@@ -255,7 +255,12 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     // Foreground: stream logs until Ctrl-C, then stop the project's containers.
     let name = project.name.as_str().to_string();
-    let follow = follow_logs(engine.clone(), name.clone(), Vec::new(), None, false, false);
+    let style = LogStyle {
+        color: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        timestamps: false,
+        no_prefix: false,
+    };
+    let follow = print_logs(engine.clone(), name.clone(), Vec::new(), None, style, true);
     tokio::select! {
         r = follow => r?,
         _ = tokio::signal::ctrl_c() => {
@@ -370,39 +375,19 @@ async fn logs(g: &GlobalOpts, args: LogsArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let color = !args.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if args.follow {
-        follow_logs(
-            engine,
-            name,
-            args.services,
-            tail,
-            args.timestamps,
-            args.no_log_prefix,
-        )
-        .await?;
-    } else {
-        let files = engine.log_files(&name, &args.services).await?;
-        let width = files
-            .iter()
-            .map(|f| prefix_of(&f.1, f.2).len())
-            .max()
-            .unwrap_or(0);
-        for (i, (_, svc, n, path)) in files.iter().enumerate() {
-            let lines = berth_runtime::log::read_log(path).unwrap_or_default();
-            let skip = tail.map(|t| lines.len().saturating_sub(t)).unwrap_or(0);
-            for l in &lines[skip..] {
-                render::log_line(
-                    &prefix_of(svc, *n),
-                    width,
-                    i,
-                    color && !args.no_color,
-                    args.no_log_prefix,
-                    args.timestamps,
-                    l,
-                );
-            }
-        }
-    }
+    print_logs(
+        engine,
+        name,
+        args.services,
+        tail,
+        LogStyle {
+            color,
+            timestamps: args.timestamps,
+            no_prefix: args.no_log_prefix,
+        },
+        args.follow,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -410,17 +395,25 @@ fn prefix_of(service: &str, n: u32) -> String {
     format!("{service}-{n}")
 }
 
-/// Print new log lines of the project's containers as they are written, until the
-/// future is dropped. New containers are picked up as they appear.
-async fn follow_logs(
+/// How log lines are printed.
+#[derive(Debug, Clone, Copy)]
+struct LogStyle {
+    color: bool,
+    timestamps: bool,
+    no_prefix: bool,
+}
+
+/// Print the project's logs (the last `tail` lines of each container first); with
+/// `follow`, keep printing new lines as they are written, picking up new containers,
+/// until the future is dropped.
+async fn print_logs(
     engine: Arc<Engine>,
     project: String,
     services: Vec<String>,
     tail: Option<usize>,
-    timestamps: bool,
-    no_prefix: bool,
+    style: LogStyle,
+    follow: bool,
 ) -> anyhow::Result<()> {
-    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // Lines already printed per log file.
     let mut seen: std::collections::HashMap<std::path::PathBuf, usize> = Default::default();
     let mut first = true;
@@ -443,13 +436,16 @@ async fn follow_logs(
                     &prefix_of(svc, *n),
                     width,
                     i,
-                    color,
-                    no_prefix,
-                    timestamps,
+                    style.color,
+                    style.no_prefix,
+                    style.timestamps,
                     l,
                 );
             }
             seen.insert(path.clone(), lines.len());
+        }
+        if !follow {
+            return Ok(());
         }
         first = false;
         tokio::time::sleep(Duration::from_millis(200)).await;

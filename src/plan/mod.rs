@@ -133,6 +133,36 @@ impl Plan {
         self.steps.len() - 1
     }
 
+    /// Create container `name` after `after`, then start it unless `--no-start`; returns
+    /// the last step.
+    fn create_and_start(
+        &mut self,
+        service: &str,
+        number: u32,
+        name: String,
+        after: Vec<usize>,
+        opts: &UpOptions,
+    ) -> usize {
+        let c = self.push(
+            Op::Create {
+                service: service.to_string(),
+                number,
+                name: name.clone(),
+            },
+            after,
+        );
+        if opts.no_start {
+            return c;
+        }
+        self.push(
+            Op::Start {
+                service: service.to_string(),
+                name,
+            },
+            vec![c],
+        )
+    }
+
     /// True when the plan changes nothing.
     pub fn is_noop(&self) -> bool {
         self.steps.iter().all(|s| {
@@ -254,25 +284,7 @@ pub fn reconcile(
                         );
                         let mut after = gate.clone();
                         after.push(rm);
-                        let c = plan.push(
-                            Op::Create {
-                                service: d.service.clone(),
-                                number,
-                                name: name.clone(),
-                            },
-                            after,
-                        );
-                        if opts.no_start {
-                            done.push(c);
-                        } else {
-                            done.push(plan.push(
-                                Op::Start {
-                                    service: d.service.clone(),
-                                    name,
-                                },
-                                vec![c],
-                            ));
-                        }
+                        done.push(plan.create_and_start(&d.service, number, name, after, opts));
                     } else if !o.running && !opts.no_start {
                         done.push(plan.push(
                             Op::Start {
@@ -284,25 +296,7 @@ pub fn reconcile(
                     }
                 }
                 None => {
-                    let c = plan.push(
-                        Op::Create {
-                            service: d.service.clone(),
-                            number,
-                            name: name.clone(),
-                        },
-                        gate.clone(),
-                    );
-                    if opts.no_start {
-                        done.push(c);
-                    } else {
-                        done.push(plan.push(
-                            Op::Start {
-                                service: d.service.clone(),
-                                name,
-                            },
-                            vec![c],
-                        ));
-                    }
+                    done.push(plan.create_and_start(&d.service, number, name, gate.clone(), opts));
                 }
             }
         }

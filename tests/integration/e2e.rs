@@ -379,3 +379,65 @@ fn down_by_project_name_without_files() {
     );
     env.finish();
 }
+
+/// `logs --tail N` prints the last N lines per container with compose's prefix, and
+/// `logs -f` keeps printing lines written after it started.
+#[test]
+fn logs_tail_and_follow() {
+    require_root!();
+    let env = TestEnv::new("e2e-logs");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "logs",
+        "services:\n  talker:\n    image: busybox\n    command: [sh, -c, 'for i in 1 2 3 4 5; do echo line-$$i; done; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo after-follow; exec sleep 3600']\n",
+    );
+    env.compose_ok(&dir, &["up", "-d"]);
+    eventually(Duration::from_secs(5), || {
+        let out = env.compose_ok(&dir, &["logs", "--no-color"]);
+        if out.contains("line-5") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
+    let tail = env.compose_ok(&dir, &["logs", "--tail", "2", "talker"]);
+    assert_eq!(
+        tail.lines().collect::<Vec<_>>(),
+        vec!["talker-1  | line-4", "talker-1  | line-5"],
+        "{tail}"
+    );
+
+    let mut follow = env
+        .berth()
+        .current_dir(&dir)
+        .args(["-p", &env.project, "logs", "-f", "--tail", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 256];
+        while !seen.contains("after-follow") {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen
+    });
+    env.compose_ok(&dir, &["exec", "talker", "touch", "/tmp/go"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let seen = reader.join().unwrap();
+    assert!(seen.contains("talker-1  | line-5"), "{seen}");
+    assert!(!seen.contains("line-4"), "--tail 1 with -f: {seen}");
+    assert!(seen.contains("talker-1  | after-follow"), "{seen}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
