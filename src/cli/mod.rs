@@ -12,6 +12,7 @@ pub mod image;
 pub mod network;
 pub mod render;
 pub mod system;
+pub mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,6 +91,9 @@ pub enum Command {
     /// Manage berth (disk usage)
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
 }
 
 /// Entry point of the `berth` binary.
@@ -129,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Network(cmd) => network::run(g, cmd).await,
         Command::Container(cmd) => container::run(g, cmd).await,
         Command::System(cmd) => system::run(g, cmd).await,
+        Command::Volume(cmd) => volume::run(g, cmd).await,
     }
 }
 

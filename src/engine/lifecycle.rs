@@ -736,6 +736,34 @@ impl Run {
                 used.insert(n.as_str().to_string());
             }
         }
+        // Everything external must exist before anything is created, so a missing one
+        // fails `up` with nothing half-made.
+        for vol in self.project.volumes.values().filter(|v| v.external) {
+            if e.volumes
+                .get(&vol.name)
+                .map_err(failed(format!("volume {}", vol.name)))?
+                .is_none()
+            {
+                return Err(EngineError::Invalid(format!(
+                    "external volume {:?} not found",
+                    vol.name
+                )));
+            }
+        }
+        for (key, net) in &self.project.networks {
+            if net.external && used.contains(key.as_str()) {
+                let found = e
+                    .networks
+                    .network(&net.name)
+                    .map_err(failed(format!("looking up network {}", net.name)))?;
+                if found.is_none() {
+                    return Err(EngineError::Invalid(format!(
+                        "network {} declared as external, but could not be found",
+                        net.name
+                    )));
+                }
+            }
+        }
         let mut records = Vec::new();
         for (key, net) in &self.project.networks {
             if !used.contains(key.as_str()) {
@@ -1100,18 +1128,27 @@ impl Run {
             let target = PathBuf::from(&m.target);
             match m.kind {
                 MountType::Volume => {
-                    let vname = match &m.source {
-                        Some(src) => self
-                            .project
+                    let declared = m.source.as_ref().map(|src| {
+                        self.project
                             .volumes
                             .iter()
                             .find(|(k, _)| k.as_str() == src)
-                            .map(|(_, v)| v.name.clone())
+                            .map(|(_, v)| v.clone())
                             .ok_or_else(|| {
                                 EngineError::Invalid(format!(
                                     "service {service}: volume {src} is not declared"
                                 ))
-                            })?,
+                            })
+                    });
+                    let declared = declared.transpose()?;
+                    // `driver: local` with driver_opts: a bind of `device` or a tmpfs,
+                    // as Docker's local driver mounts them.
+                    if let Some(v) = declared.as_ref().filter(|v| !v.driver_opts.is_empty()) {
+                        mounts.push(local_driver_mount(service, v, target, m.read_only)?);
+                        continue;
+                    }
+                    let vname = match &declared {
+                        Some(v) => v.name.clone(),
                         None => format!("{name}-anon-{}", hex_short(&m.target)),
                     };
                     let v = e
@@ -1120,11 +1157,9 @@ impl Run {
                         .map_err(failed(format!("volume {vname}")))?;
                     let nocopy = m.volume.as_ref().map(|o| o.nocopy).unwrap_or(false);
                     if !nocopy {
-                        if let Some(src) = image_path(&image, &m.target) {
-                            e.volumes
-                                .populate_once(&vname, &src)
-                                .map_err(failed(format!("populating volume {vname}")))?;
-                        }
+                        e.volumes
+                            .populate_from_layers(&vname, &image.layers, &m.target)
+                            .map_err(failed(format!("populating volume {vname}")))?;
                     }
                     mounts.push(berth_runtime::Mount::Bind {
                         source: v.data,
@@ -1165,6 +1200,134 @@ impl Run {
                         "service {service}: mount type of {} is not supported yet",
                         m.target
                     )))
+                }
+            }
+        }
+
+        // The image's `VOLUME`s not covered by a service mount get anonymous volumes,
+        // populated from the image like Docker's.
+        for path in image.config.config.volumes.iter().flat_map(|v| v.keys()) {
+            let covered = svc
+                .volumes
+                .iter()
+                .any(|m| m.target.trim_end_matches('/') == path.trim_end_matches('/'));
+            if covered || !path.starts_with('/') {
+                continue;
+            }
+            let vname = format!("{name}-anon-{}", hex_short(path));
+            let v = e
+                .volumes
+                .ensure(&vname, &BTreeMap::new())
+                .map_err(failed(format!("volume {vname}")))?;
+            e.volumes
+                .populate_from_layers(&vname, &image.layers, path)
+                .map_err(failed(format!("populating volume {vname}")))?;
+            mounts.push(berth_runtime::Mount::Bind {
+                source: v.data,
+                target: PathBuf::from(path),
+                read_only: false,
+            });
+        }
+
+        // Secrets and configs: files prepared under the container's files dir, bound
+        // read-only at their targets with the requested owner and mode.
+        for (kind, refs) in [("secret", &svc.secrets), ("config", &svc.configs)] {
+            for r in refs {
+                let content = self.file_object(kind, &r.source)?;
+                let dir = files_dir.join(format!("{kind}s"));
+                std::fs::create_dir_all(&dir)
+                    .map_err(failed(format!("creating {}", dir.display())))?;
+                let path = dir.join(&r.source);
+                let _ = std::fs::remove_file(&path);
+                std::fs::write(&path, &content)
+                    .map_err(failed(format!("writing {kind} {}", r.source)))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(r.mode.unwrap_or(0o444)),
+                )
+                .map_err(failed(format!("{kind} {}: setting its mode", r.source)))?;
+                let id = |v: &Option<String>, what: &str| -> Result<Option<u32>, EngineError> {
+                    v.as_deref()
+                        .map(|x| {
+                            x.parse::<u32>().map_err(|_| {
+                                EngineError::Invalid(format!(
+                                    "service {service}: {kind} {}: {what} {x:?} must be numeric",
+                                    r.source
+                                ))
+                            })
+                        })
+                        .transpose()
+                };
+                std::os::unix::fs::chown(&path, id(&r.uid, "uid")?, id(&r.gid, "gid")?)
+                    .map_err(failed(format!("{kind} {}: setting its owner", r.source)))?;
+                let target = if r.target.starts_with('/') {
+                    PathBuf::from(&r.target)
+                } else if kind == "secret" {
+                    PathBuf::from("/run/secrets").join(&r.target)
+                } else {
+                    PathBuf::from("/").join(&r.target)
+                };
+                mounts.push(berth_runtime::Mount::Bind {
+                    source: path,
+                    target,
+                    read_only: true,
+                });
+            }
+        }
+
+        // volumes_from: the volume and bind mounts of another service's (first) container
+        // or of a named container, read-only with `:ro`. Generated files are not shared.
+        for vf in &svc.volumes_from {
+            let (what, mode) = match vf.rsplit_once(':') {
+                Some((w, m)) if m == "ro" || m == "rw" => (w, Some(m)),
+                _ => (vf.as_str(), None),
+            };
+            let source_id = match what.strip_prefix("container:") {
+                Some(c) => c.to_string(),
+                None => {
+                    let r = self.record.lock().await;
+                    r.containers
+                        .iter()
+                        .filter(|c| c.service == what)
+                        .min_by_key(|c| c.number)
+                        .map(|c| c.id.clone())
+                        .ok_or_else(|| {
+                            EngineError::Invalid(format!(
+                                "service {service}: volumes_from {what}: it has no container"
+                            ))
+                        })?
+                }
+            };
+            let rt = e.runtime.clone();
+            let sid = source_id.clone();
+            let theirs =
+                tokio::task::spawn_blocking(move || rt.get(&sid).map(|c| c.spec().mounts.clone()))
+                    .await
+                    .map_err(failed(format!("volumes_from {source_id}")))?
+                    .map_err(failed(format!(
+                        "service {service}: volumes_from {source_id}"
+                    )))?;
+            let generated = e.root.path().join("projects");
+            for m in theirs {
+                if let berth_runtime::Mount::Bind {
+                    source,
+                    target,
+                    read_only,
+                } = m
+                {
+                    if source.starts_with(&generated) {
+                        continue;
+                    }
+                    mounts.push(berth_runtime::Mount::Bind {
+                        source,
+                        target,
+                        read_only: match mode {
+                            Some("ro") => true,
+                            Some(_) => false,
+                            None => read_only,
+                        },
+                    });
                 }
             }
         }
@@ -1312,22 +1475,128 @@ impl Run {
     }
 }
 
+impl Run {
+    /// The content of secret or config `name`: from its file, an environment variable or
+    /// (configs) inline content.
+    fn file_object(&self, kind: &str, name: &str) -> Result<Vec<u8>, EngineError> {
+        let (file, env, content, external) = if kind == "secret" {
+            let s = self
+                .project
+                .secrets
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| v)
+                .ok_or_else(|| EngineError::Invalid(format!("secret {name} is not declared")))?;
+            (s.file.clone(), s.environment.clone(), None, s.external)
+        } else {
+            let c = self
+                .project
+                .configs
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| v)
+                .ok_or_else(|| EngineError::Invalid(format!("config {name} is not declared")))?;
+            (
+                c.file.clone(),
+                c.environment.clone(),
+                c.content.clone(),
+                c.external,
+            )
+        };
+        if external {
+            return Err(EngineError::Invalid(format!(
+                "{kind} {name}: external {kind}s need a swarm; use file, environment or content"
+            )));
+        }
+        if let Some(f) = file {
+            return std::fs::read(&f).map_err(failed(format!("{kind} {name}: reading {f}")));
+        }
+        if let Some(var) = env {
+            return self
+                .project
+                .environment
+                .get(&var)
+                .cloned()
+                .or_else(|| std::env::var(&var).ok())
+                .map(String::into_bytes)
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "{kind} {name}: environment variable {var} is not set"
+                    ))
+                });
+        }
+        if let Some(c) = content {
+            return Ok(c.into_bytes());
+        }
+        Err(EngineError::Invalid(format!(
+            "{kind} {name} has no file, environment or content"
+        )))
+    }
+}
+
+/// A volume with `driver_opts` (local driver): `type: none` + `o: bind` + `device` binds
+/// the device path; `type: tmpfs` mounts a tmpfs (`o: size=...`). Others need drivers berth
+/// does not have.
+fn local_driver_mount(
+    service: &str,
+    v: &crate::project::model::Volume,
+    target: PathBuf,
+    read_only: bool,
+) -> Result<berth_runtime::Mount, EngineError> {
+    let o = v.driver_opts.get("o").map(String::as_str).unwrap_or("");
+    let opts: Vec<&str> = o
+        .split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .collect();
+    match v.driver_opts.get("type").map(String::as_str) {
+        Some("tmpfs") => {
+            let size = opts
+                .iter()
+                .find_map(|x| x.strip_prefix("size="))
+                .map(|sz| {
+                    crate::project::decode::parse_bytes(sz).map_err(|_| {
+                        EngineError::Invalid(format!("volume {}: invalid size {sz:?}", v.name))
+                    })
+                })
+                .transpose()?;
+            Ok(berth_runtime::Mount::Tmpfs {
+                target,
+                size,
+                mode: None,
+            })
+        }
+        Some("none") | None if opts.contains(&"bind") => {
+            let device = v.driver_opts.get("device").ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "volume {}: a bind needs driver_opts.device",
+                    v.name
+                ))
+            })?;
+            let source = PathBuf::from(device);
+            if !source.exists() {
+                return Err(EngineError::Invalid(format!(
+                    "service {service}: volume {}: device {device} does not exist",
+                    v.name
+                )));
+            }
+            Ok(berth_runtime::Mount::Bind {
+                source,
+                target,
+                read_only: read_only || opts.contains(&"ro"),
+            })
+        }
+        other => Err(EngineError::Invalid(format!(
+            "volume {}: driver_opts type {:?} is not supported yet (bind and tmpfs are)",
+            v.name,
+            other.unwrap_or("")
+        ))),
+    }
+}
+
 fn hex_short(s: &str) -> String {
     use sha2::Digest;
     hex::encode(&sha2::Sha256::digest(s.as_bytes())[..6])
-}
-
-/// The image's directory at `path` in its topmost layer that has it (for volume copy-up).
-fn image_path(image: &Image, path: &str) -> Option<PathBuf> {
-    let rel = path.trim_start_matches('/');
-    if rel.is_empty() {
-        return None;
-    }
-    image.layers.iter().rev().map(|l| l.join(rel)).find(|p| {
-        std::fs::symlink_metadata(p)
-            .map(|m| m.is_dir())
-            .unwrap_or(false)
-    })
 }
 
 fn parse_range(s: &str) -> Option<PortRange> {

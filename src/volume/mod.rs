@@ -135,6 +135,53 @@ impl VolumeStore {
         })
     }
 
+    /// Populate an empty, never-populated volume from the image's content at `path`: the
+    /// merged view of `layers` (bottom first, overlay format: whiteouts and opaque dirs
+    /// applied), once. Returns whether it copied anything.
+    pub fn populate_from_layers(
+        &self,
+        name: &str,
+        layers: &[PathBuf],
+        path: &str,
+    ) -> Result<bool, VolumeError> {
+        let rel = path.trim_start_matches('/');
+        let Some(mut meta) = self.get(name)? else {
+            return Err(VolumeError::NotFound { name: name.into() });
+        };
+        if meta.populated || rel.is_empty() {
+            return Ok(false);
+        }
+        let data = self.dir.join(name).join("_data");
+        let empty = std::fs::read_dir(&data)
+            .map(|mut rd| rd.next().is_none())
+            .unwrap_or(false);
+        let mut copied = false;
+        if empty {
+            for layer in layers {
+                let src = layer.join(rel);
+                let Ok(m) = std::fs::symlink_metadata(&src) else {
+                    continue;
+                };
+                if !m.is_dir() {
+                    continue;
+                }
+                merge_layer_dir(&src, &data).map_err(|source| VolumeError::Io {
+                    action: "populate",
+                    name: name.into(),
+                    path: data.clone(),
+                    source,
+                })?;
+                copied = true;
+            }
+            if copied {
+                debug!(volume = name, path, "populated volume from image");
+            }
+        }
+        meta.populated = true;
+        state::write_json(&self.meta_path(name), &meta)?;
+        Ok(copied)
+    }
+
     /// Populate an empty, never-populated volume from `source` (the image's content at
     /// the mount path), once. Returns whether it copied.
     pub fn populate_once(&self, name: &str, source: &Path) -> Result<bool, VolumeError> {
@@ -198,6 +245,86 @@ impl VolumeStore {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+/// Is `p` an overlay whiteout (a 0/0 character device)?
+fn is_whiteout(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+/// Does directory `p` carry overlay's opaque marker?
+fn is_opaque(p: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut v = [0u8; 4];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            v.as_mut_ptr().cast(),
+            v.len(),
+        )
+    };
+    n == 1 && v[0] == b'y'
+}
+
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Apply one overlay-format layer directory onto `dst`: whiteouts delete, opaque dirs
+/// replace, everything else is copied over (modes, owners, symlinks kept).
+fn merge_layer_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    if is_opaque(src) {
+        for e in std::fs::read_dir(dst)? {
+            remove_any(&e?.path())?;
+        }
+    }
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&from)?;
+        if is_whiteout(&meta) {
+            remove_any(&to)?;
+            continue;
+        }
+        if meta.is_dir() {
+            if std::fs::symlink_metadata(&to)
+                .map(|m| !m.is_dir())
+                .unwrap_or(false)
+            {
+                remove_any(&to)?;
+            }
+            if !to.exists() {
+                std::fs::create_dir(&to)?;
+            }
+            merge_layer_dir(&from, &to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode()))?;
+            std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+            continue;
+        }
+        remove_any(&to)?;
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if meta.is_file() {
+            std::fs::copy(&from, &to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode()))?;
+        } else {
+            continue; // devices, fifos, sockets are not copied into volumes
+        }
+        std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
+    }
+    Ok(())
 }
 
 /// Copy a directory tree keeping modes, owners and symlinks (never following them), like

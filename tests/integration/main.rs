@@ -10,3 +10,4 @@ mod image;
 mod load;
 mod network;
 mod runtime;
+mod volume;
