@@ -67,7 +67,7 @@ pub async fn run(g: &GlobalOpts, cmd: VolumeCommand) -> anyhow::Result<ExitCode>
         VolumeCommand::Ls { quiet } => {
             let vols = store.list()?;
             if !quiet {
-                println!("{:<10}{}", "DRIVER", "VOLUME NAME");
+                println!("{:<10}VOLUME NAME", "DRIVER");
             }
             for v in vols {
                 if quiet {
