@@ -46,7 +46,7 @@ pub mod state;
 mod tiny_init;
 pub mod user;
 
-pub use container::{Container, Runtime, RuntimeError, Status};
+pub use container::{default_helper, Container, Runtime, RuntimeError, Status, HELPER_NAME};
 pub use exec::{ExecOutput, ExecSpec};
 pub use protocol::ErrorChain;
 pub use rootfs::{MASKED_PATHS, READONLY_PATHS};

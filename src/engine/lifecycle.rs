@@ -105,7 +105,7 @@ impl Engine {
         let images = ImageStore::open(root.path()).map_err(failed("opening the image store"))?;
         let networks = NetworkManager::new(root.path()).map_err(failed("opening network state"))?;
         Ok(Engine {
-            runtime: berth_runtime::Runtime::new(root.containers_dir()).with_helper(exe.clone()),
+            runtime: berth_runtime::Runtime::new(root.containers_dir()),
             volumes: VolumeStore::new(root.volumes_dir()),
             images: Arc::new(images),
             networks: Arc::new(networks),
