@@ -493,7 +493,12 @@ fn print_logs(c: &Container, follow: bool, timestamps: bool) -> anyhow::Result<(
         if done {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Poll the log every 50 ms, but wake at once when the container exits (the wait
+        // is a pidfd poll), so a short-lived container costs no extra tick.
+        match c.wait(Some(Duration::from_millis(50))) {
+            Ok(_) | Err(berth_runtime::RuntimeError::Timeout { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -1170,7 +1170,9 @@ impl Run {
                 MountType::Bind => {
                     let src = PathBuf::from(m.source.clone().unwrap_or_default());
                     if !src.exists() {
-                        let create = m.bind.as_ref().map(|b| b.create_host_path).unwrap_or(true);
+                        // The loader sets this: true for the short syntax, the user's
+                        // choice (default false) for the long one.
+                        let create = m.bind.as_ref().is_some_and(|b| b.create_host_path);
                         if create {
                             std::fs::create_dir_all(&src).map_err(failed(format!(
                                 "service {service}: creating bind source {}",

@@ -369,3 +369,27 @@ fn driver_opts_and_image_volumes() {
     );
     env.finish();
 }
+
+/// Long-syntax bind whose host path is missing (and `create_host_path` unset): a clear
+/// error naming the service and the path, and nothing is created on the host.
+#[test]
+fn long_bind_missing_host_path() {
+    require_root!();
+    let env = TestEnv::new("vol-missing");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "missing",
+        "services:\n  app:\n    image: busybox\n    command: [sleep, '3600']\n    volumes:\n      - {type: bind, source: ./not-there, target: /data}\n",
+    );
+    let (code, _, err) = env.compose(&dir, &["up", "-d"]);
+    assert_ne!(code, 0);
+    let want = format!(
+        "service app: bind source path {} does not exist",
+        dir.join("not-there").display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!dir.join("not-there").exists());
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
