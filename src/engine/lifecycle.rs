@@ -1169,6 +1169,21 @@ impl Run {
                 }
                 MountType::Bind => {
                     let src = PathBuf::from(m.source.clone().unwrap_or_default());
+                    if let Some(b) = &m.bind {
+                        // SELinux relabelling has no meaning without SELinux here; bind
+                        // propagation other than Docker's default (rprivate) is not applied
+                        // yet. Both are accepted so compose files keep working.
+                        if let Some(z) = &b.selinux {
+                            debug!(service, target = %m.target, selinux = %z, "ignoring SELinux relabel option");
+                        }
+                        if let Some(p) = b
+                            .propagation
+                            .as_deref()
+                            .filter(|p| *p != "rprivate" && *p != "private")
+                        {
+                            tracing::warn!(service, target = %m.target, propagation = p, "bind propagation is not supported yet; using rprivate");
+                        }
+                    }
                     if !src.exists() {
                         // The loader sets this: true for the short syntax, the user's
                         // choice (default false) for the long one.
