@@ -598,7 +598,7 @@ fn containers_in_use(root: &Path) -> InUse {
 }
 
 /// Docker's `units.HumanSize` (decimal units, 3 significant digits).
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
     let mut v = bytes as f64;
     let mut i = 0;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use super::image::human_size;
 use super::GlobalOpts;
 
 #[derive(Debug, clap::Subcommand)]
@@ -61,8 +62,8 @@ pub async fn run(g: &GlobalOpts, cmd: SystemCommand) -> anyhow::Result<ExitCode>
                 "Containers",
                 containers.len(),
                 active,
-                human(total),
-                human(reclaim)
+                human_size(total),
+                human_size(reclaim)
             );
             let store = crate::volume::VolumeStore::new(root.volumes_dir());
             let vols = store.list().context("listing volumes")?;
@@ -82,40 +83,10 @@ pub async fn run(g: &GlobalOpts, cmd: SystemCommand) -> anyhow::Result<ExitCode>
                 "Local Volumes",
                 vols.len(),
                 vactive,
-                human(vtotal),
-                human(vreclaim)
+                human_size(vtotal),
+                human_size(vreclaim)
             );
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// Docker's decimal sizes: `2.13MB`.
-fn human(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < units.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.3}")
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + units[i]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn human_sizes() {
-        assert_eq!(super::human(0), "0B");
-        assert_eq!(super::human(2_131_000), "2.131MB");
-        assert_eq!(super::human(1_500), "1.5kB");
     }
 }

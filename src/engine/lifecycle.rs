@@ -44,6 +44,18 @@ pub enum EngineError {
     Many(Vec<String>),
 }
 
+impl EngineError {
+    /// `Ok` when nothing failed, else every failure together (teardown goes on after an
+    /// error and reports them all).
+    fn all_ok(errors: Vec<String>) -> Result<(), EngineError> {
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(EngineError::Many(errors))
+        }
+    }
+}
+
 fn failed<E: Into<BoxError>>(what: impl Into<String>) -> impl FnOnce(E) -> EngineError {
     let what = what.into();
     move |e| EngineError::Failed {
@@ -356,11 +368,7 @@ impl Engine {
         let _ = std::fs::remove_dir_all(self.rw_dir(&id));
         let _ = std::fs::remove_dir_all(self.root.container_files_dir(project, &id));
         debug!(container = %id, "removed");
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(EngineError::Many(errors))
-        }
+        EngineError::all_ok(errors)
     }
 
     /// `stop`: stop containers (of `services`, or all) without removing them.
@@ -412,11 +420,7 @@ impl Engine {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(EngineError::Many(errors))
-        }
+        EngineError::all_ok(errors)
     }
 
     /// `exec`: run a command in container `index` of `service` (detached: don't wait).
