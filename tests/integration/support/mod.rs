@@ -199,12 +199,49 @@ impl TestEnv {
 }
 
 impl Drop for TestEnv {
+    /// A test that did not reach `finish` (it failed) still cleans up: every project with
+    /// state under this root is taken down and every container left is removed, before
+    /// the temp root goes.
     fn drop(&mut self) {
-        if !self.finished && !std::thread::panicking() {
+        if self.finished {
+            return;
+        }
+        if !std::thread::panicking() {
             eprintln!(
                 "note: TestEnv for {} dropped without finish()",
                 self.project
             );
+        }
+        let mut projects: Vec<String> = std::fs::read_dir(self.root.join("projects"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !projects.contains(&self.project) {
+            projects.push(self.project.clone());
+        }
+        for p in projects {
+            let out = self
+                .berth()
+                .current_dir(&self.root)
+                .args(["-p", &p, "down", "-v", "-t", "0"])
+                .output();
+            if let Ok(o) = out {
+                if !o.status.success() {
+                    eprintln!(
+                        "cleanup of project {p} failed: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                }
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(self.root.join("containers")) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.berth().args(["container", "rm", "-f", &id]).output();
+            }
         }
     }
 }
