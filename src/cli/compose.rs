@@ -207,6 +207,7 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
         no_recreate: args.no_recreate,
         remove_orphans: args.remove_orphans,
         no_start: args.no_start,
+        wait: args.wait,
     };
     let mut scale = std::collections::BTreeMap::new();
     for s in &args.scale {

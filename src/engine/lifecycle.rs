@@ -588,6 +588,10 @@ fn desired_of(s: &Service, chosen: &BTreeSet<String>) -> Desired {
         replicas: s.replicas(),
         config_hash: crate::project::hash::service_config_hash(s),
         container_name: s.container_name.clone(),
+        healthcheck: s
+            .healthcheck
+            .as_ref()
+            .is_some_and(|h| !h.disable && !h.test.is_empty()),
         depends_on: s
             .depends_on
             .iter()
@@ -1474,6 +1478,14 @@ impl Run {
             let c = rt.get(&id).map_err(failed(format!("container {id}")))?;
             match condition {
                 Condition::Started => {}
+                Condition::Running => {
+                    if let Ok(berth_runtime::Status::Exited(x)) = c.status() {
+                        return Err(EngineError::Invalid(format!(
+                            "container {id} exited ({})",
+                            x.code
+                        )));
+                    }
+                }
                 Condition::CompletedSuccessfully => {
                     let rec = tokio::task::spawn_blocking(move || c.wait(None))
                         .await

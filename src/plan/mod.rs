@@ -24,6 +24,8 @@ pub struct Desired {
     /// `container_name`, when set (then replicas must be 1).
     pub container_name: Option<String>,
     pub depends_on: Vec<Dependency>,
+    /// Whether the service has a healthcheck (what `up --wait` waits for).
+    pub healthcheck: bool,
 }
 
 /// One `depends_on` entry.
@@ -39,6 +41,8 @@ pub struct Dependency {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Condition {
     Started,
+    /// Still running when checked (`up --wait` for services without a healthcheck).
+    Running,
     Healthy,
     CompletedSuccessfully,
 }
@@ -46,7 +50,8 @@ pub enum Condition {
 impl fmt::Display for Condition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Condition::Started => "running",
+            Condition::Started => "started",
+            Condition::Running => "running",
             Condition::Healthy => "healthy",
             Condition::CompletedSuccessfully => "completed successfully",
         })
@@ -71,6 +76,9 @@ pub struct UpOptions {
     pub remove_orphans: bool,
     /// `--no-start`: create only.
     pub no_start: bool,
+    /// `--wait`: end with a wait for every service (healthy, or running without a
+    /// healthcheck).
+    pub wait: bool,
 }
 
 /// One operation of a plan.
@@ -312,6 +320,25 @@ pub fn reconcile(
         }
         ready.insert(d.service.clone(), done);
     }
+    if opts.wait && !opts.no_start {
+        for d in desired {
+            let condition = if d.healthcheck {
+                Condition::Healthy
+            } else {
+                Condition::Running
+            };
+            if !waits.contains_key(&(d.service.clone(), condition)) {
+                let after = ready.get(&d.service).cloned().unwrap_or_default();
+                plan.push(
+                    Op::Wait {
+                        service: d.service.clone(),
+                        condition,
+                    },
+                    after,
+                );
+            }
+        }
+    }
     Ok(plan)
 }
 
@@ -325,6 +352,7 @@ mod tests {
             replicas: 1,
             config_hash: hash.into(),
             container_name: None,
+            healthcheck: false,
             depends_on: deps
                 .iter()
                 .map(|(s, c)| Dependency {
@@ -442,6 +470,29 @@ mod tests {
         let o = ops(&reconcile("p", &d, &o, &UpOptions::default()).unwrap());
         assert!(o.contains(&"start container p-web-1".to_string()));
         assert!(!o.iter().any(|s| s.starts_with("create")));
+    }
+
+    #[test]
+    fn wait_adds_a_final_wait_per_service() {
+        let mut db = svc("db", "h", &[]);
+        db.healthcheck = true;
+        let d = vec![db, svc("web", "h", &[("db", Condition::Healthy)])];
+        let opts = UpOptions {
+            wait: true,
+            ..Default::default()
+        };
+        let o = ops(&reconcile("p", &d, &[], &opts).unwrap());
+        // db's healthy wait is shared with web's dependency; web gets a running wait.
+        assert_eq!(
+            o.iter().filter(|x| *x == "wait for db healthy").count(),
+            1,
+            "{o:?}"
+        );
+        assert_eq!(
+            o.last().map(String::as_str),
+            Some("wait for web running"),
+            "{o:?}"
+        );
     }
 
     #[test]

@@ -441,3 +441,37 @@ fn logs_tail_and_follow() {
     env.compose_ok(&dir, &["down"]);
     env.finish();
 }
+
+/// `up --wait` returns only once services with a healthcheck are healthy, and fails with a
+/// clear error when one exits instead.
+#[test]
+fn up_wait_healthy_or_error() {
+    require_root!();
+    let env = TestEnv::new("e2e-wait");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "wait",
+        "services:\n  db:\n    image: busybox\n    command: [sh, -c, 'sleep 1; touch /tmp/ok; exec sleep 3600']\n    healthcheck: {test: [CMD, test, -f, /tmp/ok], interval: 200ms, retries: 30}\n  web:\n    image: busybox\n    command: [sleep, '3600']\n",
+    );
+    let t = std::time::Instant::now();
+    env.compose_ok(&dir, &["up", "--wait"]);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    let (code, _, _) = env.compose(&dir, &["exec", "db", "test", "-f", "/tmp/ok"]);
+    assert_eq!(code, 0, "db must be healthy when `up --wait` returns");
+    env.compose_ok(&dir, &["down"]);
+
+    let bad = env.project_dir(
+        "wait-bad",
+        "services:\n  db:\n    image: busybox\n    command: [sh, -c, 'sleep 0.3; exit 3']\n    healthcheck: {test: [CMD, 'false'], interval: 100ms, retries: 100}\n",
+    );
+    let (code, _, err) = env.compose(&bad, &["up", "--wait"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("exited (3) before it became healthy"), "{err}");
+    env.compose_ok(&bad, &["down"]);
+    env.finish();
+}
