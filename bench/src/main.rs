@@ -115,7 +115,7 @@ fn main() -> Result<()> {
     section_up_down(&opts, work.path(), &mut report);
     section_other_orchestrators(&mut report);
     section_network(&mut report);
-    section_pull(&mut report);
+    section_pull(&opts, work.path(), &mut report);
     section_config(&opts, work.path(), &mut report)?;
     section_rss(&opts, work.path(), &mut report);
 
@@ -398,9 +398,141 @@ fn section_network(r: &mut Report) {
     );
 }
 
-/// 5. Pull + unpack of the multi-layer fixture vs skopeo + umoci.
-fn section_pull(r: &mut Report) {
-    r.note("5 pull+unpack", "not built yet (needs `berth image pull`)");
+/// A registry server for the bench: Debian's docker-registry on 127.0.0.1, ended by PID.
+struct Registry {
+    addr: String,
+    child: std::process::Child,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(work: &Path) -> Result<Registry> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = work.join("registry.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            work.join("registry-data").display()
+        ),
+    )?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting docker-registry")?;
+    let reg = Registry { addr, child };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(&reg.addr).is_ok() {
+            return Ok(reg);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("docker-registry did not listen on {}", reg.addr)
+}
+
+/// Section 5: pull and unpack of a ~50 MB multi-layer image from a local registry, berth
+/// against `skopeo copy` plus `umoci raw unpack`, interleaved, into fresh directories.
+fn section_pull(opts: &Opts, work: &Path, r: &mut Report) {
+    let s = "5 pull+unpack";
+    if !have("docker-registry") {
+        r.note(s, "skipped: docker-registry is not installed");
+        return;
+    }
+    let result = (|| -> Result<()> {
+        let layout = work.join("bulky-oci");
+        let d = berth_fixtures::bulky_oci_layout(&layout, "docker.io/library/bulky:1", 3, 8)?;
+        let reg = start_registry(work)?;
+        let remote = format!("{}/bench/bulky:1", reg.addr);
+        let root = work.join("pull-src-root");
+        let berth = |root: &Path, args: &[&str]| {
+            let mut c = Command::new(&opts.berth);
+            c.env("BERTH_ROOT", root).args(args);
+            c
+        };
+        time_cmd(&mut berth(
+            &root,
+            &["image", "load", "-i", &layout.to_string_lossy()],
+        ))?;
+        time_cmd(&mut berth(&root, &["image", "tag", "bulky:1", &remote]))?;
+        time_cmd(&mut berth(&root, &["image", "push", &remote]))?;
+        let size: u64 = std::fs::read_dir(layout.join("blobs/sha256"))?
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        r.note(
+            s,
+            format!(
+                "image: {} layers, {:.1} MB of blobs, manifest {}",
+                d.layers.len(),
+                size as f64 / 1e6,
+                &d.manifest[..19]
+            ),
+        );
+        let others = have("skopeo") && have("umoci");
+        if !others {
+            r.note(s, "skopeo + umoci skipped: not installed");
+        }
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for i in 0..opts.runs.clamp(3, 5) {
+            let fresh = work.join(format!("pull-root-{i}"));
+            let mut pull = berth(&fresh, &["image", "pull", &remote]);
+            let mut them = Command::new("sh");
+            let dest = work.join(format!("skopeo-{i}"));
+            them.arg("-c").arg(format!(
+                "skopeo copy -q --src-tls-verify=false docker://{remote} oci:{d}:bulky && umoci raw unpack --image {d}:bulky {d}-rootfs",
+                d = dest.display()
+            ));
+            if i % 2 == 0 {
+                ours.push(time_cmd(&mut pull)?);
+                if others {
+                    theirs.push(time_cmd(&mut them)?);
+                }
+            } else {
+                if others {
+                    theirs.push(time_cmd(&mut them)?);
+                }
+                ours.push(time_cmd(&mut pull)?);
+            }
+            let _ = std::fs::remove_dir_all(&fresh);
+            let _ = std::fs::remove_dir_all(&dest);
+            let _ = std::fs::remove_dir_all(work.join(format!("skopeo-{i}-rootfs")));
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let (mo, mt) = (
+            med(&mut ours.clone()),
+            (!theirs.is_empty()).then(|| med(&mut theirs.clone())),
+        );
+        r.row(
+            s,
+            "berth image pull (+ unpack)",
+            &mut ours,
+            "faster than skopeo+umoci",
+        );
+        if let Some(mt) = mt {
+            r.row(s, "skopeo copy + umoci raw unpack", &mut theirs, "");
+            r.note(s, format!("ratio berth / (skopeo+umoci) = {:.2}", mo / mt));
+        }
+        drop(reg);
+        Ok(())
+    })();
+    if let Err(e) = result {
+        r.note(s, format!("failed: {e:#}"));
+    }
 }
 
 fn config_file(n: usize) -> String {
