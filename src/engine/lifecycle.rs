@@ -1043,12 +1043,6 @@ impl Run {
                 if let Some(o) = opts {
                     names.extend(o.aliases.iter().cloned());
                 }
-                for l in &svc.links {
-                    // `links: [db:database]` makes `database` an alias of db for us; the
-                    // alias is registered on the linked container's side by compose, here
-                    // we keep the simple form: nothing to add for ourselves.
-                    let _ = l;
-                }
                 attachments.push(AttachmentRecord {
                     network: info.name.clone(),
                     ip: att.ip,
