@@ -182,34 +182,6 @@ impl VolumeStore {
         Ok(copied)
     }
 
-    /// Populate an empty, never-populated volume from `source` (the image's content at
-    /// the mount path), once. Returns whether it copied.
-    pub fn populate_once(&self, name: &str, source: &Path) -> Result<bool, VolumeError> {
-        let Some(mut meta) = self.get(name)? else {
-            return Err(VolumeError::NotFound { name: name.into() });
-        };
-        if meta.populated {
-            return Ok(false);
-        }
-        let data = self.dir.join(name).join("_data");
-        let empty = std::fs::read_dir(&data)
-            .map(|mut rd| rd.next().is_none())
-            .unwrap_or(false);
-        let copied = empty && source.is_dir();
-        if copied {
-            copy_tree(source, &data).map_err(|source| VolumeError::Io {
-                action: "populate",
-                name: name.into(),
-                path: data.clone(),
-                source,
-            })?;
-            debug!(volume = name, from = %source.display(), "populated volume from image");
-        }
-        meta.populated = true;
-        state::write_json(&self.meta_path(name), &meta)?;
-        Ok(copied)
-    }
-
     /// Remove volume `name` and its data. Missing volumes are not an error.
     pub fn remove(&self, name: &str) -> Result<(), VolumeError> {
         if !valid_name(name) {
@@ -327,35 +299,6 @@ fn merge_layer_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Copy a directory tree keeping modes, owners and symlinks (never following them), like
-/// Docker's volume copy-up. Device nodes and sockets are skipped.
-fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let from = entry.path();
-        let to = dst.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&from)?;
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
-        } else if ft.is_dir() {
-            std::fs::create_dir(&to)?;
-            copy_tree(&from, &to)?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode()))?;
-        } else if ft.is_file() {
-            std::fs::copy(&from, &to)?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(meta.mode()))?;
-        } else {
-            continue;
-        }
-        std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()))?;
-    }
-    let top = std::fs::metadata(src)?;
-    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(top.mode()))?;
-    std::os::unix::fs::lchown(dst, Some(top.uid()), Some(top.gid()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +323,10 @@ mod tests {
         std::fs::create_dir_all(src.join("sub")).unwrap();
         std::fs::write(src.join("sub/f"), b"x").unwrap();
         std::os::unix::fs::symlink("sub/f", src.join("l")).unwrap();
-        assert!(store.populate_once("p_data", &src).unwrap());
+        let layers = [t.path().to_path_buf()];
+        assert!(store
+            .populate_from_layers("p_data", &layers, "/img")
+            .unwrap());
         assert_eq!(std::fs::read(v.data.join("sub/f")).unwrap(), b"x");
         assert_eq!(
             std::fs::read_link(v.data.join("l")).unwrap(),
@@ -388,7 +334,9 @@ mod tests {
         );
         // Once only: a second call copies nothing even after the data changed.
         std::fs::remove_file(v.data.join("sub/f")).unwrap();
-        assert!(!store.populate_once("p_data", &src).unwrap());
+        assert!(!store
+            .populate_from_layers("p_data", &layers, "/img")
+            .unwrap());
         assert!(!v.data.join("sub/f").exists());
 
         assert_eq!(store.list().unwrap().len(), 1);

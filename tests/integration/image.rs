@@ -929,54 +929,12 @@ fn write_layout(dir: &Path, layers: &[Vec<u8>], name: Option<&str>) -> String {
 
 // ------------------------------------------------------------------ real registry
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
 fn upload_blob(reg: &Registry, repo: &str, data: &[u8]) -> Digest {
-    let d = Digest::of(data);
-    let a = agent();
-    let start = a
-        .post(format!("http://{}/v2/{repo}/blobs/uploads/", reg.addr))
-        .send_empty()
-        .unwrap();
-    assert_eq!(start.status(), 202);
-    let loc = start
-        .headers()
-        .get("location")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
-    let url = if loc.starts_with("http") {
-        loc
-    } else {
-        format!("http://{}{}", reg.addr, loc)
-    };
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let put = a
-        .put(format!("{url}{sep}digest={d}"))
-        .header("Content-Type", "application/octet-stream")
-        .send(data)
-        .unwrap();
-    assert_eq!(put.status(), 201, "upload {d}");
-    d
+    Digest::parse(&reg.upload_blob(repo, data)).expect("a sha256 digest")
 }
 
 fn put_manifest(reg: &Registry, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
-    let put = agent()
-        .put(format!(
-            "http://{}/v2/{repo}/manifests/{reference}",
-            reg.addr
-        ))
-        .header("Content-Type", media_type)
-        .send(body)
-        .unwrap();
-    assert_eq!(put.status(), 201, "manifest {repo}:{reference}");
+    reg.put_manifest(repo, reference, media_type, body);
 }
 
 fn layout_blob(layout: &Path, d: &str) -> Vec<u8> {

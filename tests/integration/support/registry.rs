@@ -125,42 +125,57 @@ impl Registry {
         for l in manifest["layers"].as_array().unwrap() {
             digests.push(l["digest"].as_str().unwrap().to_string());
         }
-        let a = agent();
         for d in digests {
-            let start = a
-                .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr))
-                .send_empty()
-                .expect("starting upload");
-            assert_eq!(start.status(), 202, "blob upload start for {d}");
-            let loc = start
-                .headers()
-                .get("location")
-                .and_then(|v| v.to_str().ok())
-                .expect("upload location")
-                .to_string();
-            let url = if loc.starts_with("http") {
-                loc
-            } else {
-                format!("http://{}{}", self.addr, loc)
-            };
-            let sep = if url.contains('?') { '&' } else { '?' };
-            let put = a
-                .put(format!("{url}{sep}digest={d}"))
-                .header("Content-Type", "application/octet-stream")
-                .send(&blob(&d)[..])
-                .expect("uploading blob");
-            assert_eq!(put.status(), 201, "blob upload of {d}");
+            self.upload_blob(repo, &blob(&d));
         }
         let media = manifest["mediaType"]
             .as_str()
             .unwrap_or("application/vnd.oci.image.manifest.v1+json")
             .to_string();
+        self.put_manifest(repo, tag, &media, &manifest_bytes);
+    }
+
+    /// Upload one blob (monolithic POST + PUT ?digest=); returns its `sha256:` digest.
+    pub fn upload_blob(&self, repo: &str, data: &[u8]) -> String {
+        let d = berth_fixtures::sha256_digest(data);
+        let a = agent();
+        let start = a
+            .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr))
+            .send_empty()
+            .expect("starting upload");
+        assert_eq!(start.status(), 202, "blob upload start for {d}");
+        let loc = start
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .expect("upload location")
+            .to_string();
+        let url = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("http://{}{}", self.addr, loc)
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
         let put = a
-            .put(format!("http://{}/v2/{repo}/manifests/{tag}", self.addr))
-            .header("Content-Type", &media)
-            .send(&manifest_bytes[..])
+            .put(format!("{url}{sep}digest={d}"))
+            .header("Content-Type", "application/octet-stream")
+            .send(data)
+            .expect("uploading blob");
+        assert_eq!(put.status(), 201, "blob upload of {d}");
+        d
+    }
+
+    /// PUT a manifest as `<repo>:<reference>`.
+    pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) {
+        let put = agent()
+            .put(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.addr
+            ))
+            .header("Content-Type", media_type)
+            .send(body)
             .expect("putting manifest");
-        assert_eq!(put.status(), 201, "manifest put for {repo}:{tag}");
+        assert_eq!(put.status(), 201, "manifest put for {repo}:{reference}");
     }
 }
 
