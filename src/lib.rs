@@ -31,6 +31,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod fixture;
 pub mod image;
 pub mod network;
 pub mod plan;

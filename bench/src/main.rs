@@ -14,14 +14,18 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+mod network;
+
 #[derive(Debug, Serialize)]
 struct Row {
     section: String,
     case: String,
     runs: usize,
-    min_ms: f64,
-    median_ms: f64,
-    max_ms: f64,
+    /// `ms`, `us`, `q/s`, `MB/s` or `MB`.
+    unit: String,
+    min: f64,
+    median: f64,
+    max: f64,
     target: String,
 }
 
@@ -32,13 +36,13 @@ struct Note {
 }
 
 #[derive(Default, Serialize)]
-struct Report {
+pub(crate) struct Report {
     rows: Vec<Row>,
     notes: Vec<Note>,
 }
 
 impl Report {
-    fn note(&mut self, section: &str, note: impl Into<String>) {
+    pub(crate) fn note(&mut self, section: &str, note: impl Into<String>) {
         let note = note.into();
         println!("  {section}: {note}");
         self.notes.push(Note {
@@ -47,7 +51,14 @@ impl Report {
         });
     }
 
-    fn row(&mut self, section: &str, case: &str, samples: &mut [f64], target: &str) {
+    pub(crate) fn row(
+        &mut self,
+        section: &str,
+        case: &str,
+        samples: &mut [f64],
+        unit: &str,
+        target: &str,
+    ) {
         samples.sort_by(|a, b| a.total_cmp(b));
         let n = samples.len();
         if n == 0 {
@@ -62,23 +73,26 @@ impl Report {
             section: section.into(),
             case: case.into(),
             runs: n,
-            min_ms: samples[0],
-            median_ms: median,
-            max_ms: samples[n - 1],
+            unit: unit.into(),
+            min: samples[0],
+            median,
+            max: samples[n - 1],
             target: target.into(),
         };
         println!(
-            "  {:<44} {:>4} {:>9.2} {:>9.2} {:>9.2}   {}",
-            row.case, row.runs, row.min_ms, row.median_ms, row.max_ms, row.target
+            "  {:<46} {:>5} {:>9.2} {:>9.2} {:>9.2} {:<5} {}",
+            row.case, row.runs, row.min, row.median, row.max, row.unit, row.target
         );
         self.rows.push(row);
     }
 }
 
-struct Opts {
-    runs: usize,
+pub(crate) struct Opts {
+    pub(crate) runs: usize,
     json: PathBuf,
-    berth: PathBuf,
+    pub(crate) berth: PathBuf,
+    /// Sections to run (`--only 4,7`); empty means all.
+    only: Vec<u32>,
 }
 
 fn main() -> Result<()> {
@@ -87,12 +101,19 @@ fn main() -> Result<()> {
         runs: 10,
         json: PathBuf::from("target/bench.json"),
         berth: PathBuf::from("target/release/berth"),
+        only: Vec::new(),
     };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => opts.runs = args.next().context("--runs N")?.parse()?,
             "--json" => opts.json = args.next().context("--json FILE")?.into(),
             "--berth" => opts.berth = args.next().context("--berth PATH")?.into(),
+            "--only" => {
+                for n in args.next().context("--only N[,N…]")?.split(',') {
+                    opts.only
+                        .push(n.trim().parse().context("--only takes section numbers")?);
+                }
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -104,20 +125,48 @@ fn main() -> Result<()> {
     }
     // Commands run in other directories: make the binary path absolute.
     opts.berth = std::fs::canonicalize(&opts.berth)?;
+    enter_private_netns()?;
     let work = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
     let mut report = Report::default();
+    let layout = work.path().join("busybox-oci");
+    let layout = match berth_fixtures::busybox_oci_layout(&layout) {
+        Ok(_) => Some(layout),
+        Err(e) => {
+            report.note(
+                "fixtures",
+                format!("cannot build the busybox fixture: {e:#}"),
+            );
+            None
+        }
+    };
     println!(
-        "  {:<44} {:>4} {:>9} {:>9} {:>9}   target",
-        "case (ms)", "runs", "min", "median", "max"
+        "  {:<46} {:>5} {:>9} {:>9} {:>9} {:<5} target",
+        "case", "runs", "min", "median", "max", "unit"
     );
 
-    section_start_exit(&opts, work.path(), &mut report);
-    section_up_down(&opts, work.path(), &mut report);
-    section_other_orchestrators(&mut report);
-    section_network(&mut report);
-    section_pull(&opts, work.path(), &mut report);
-    section_config(&opts, work.path(), &mut report)?;
-    section_rss(&opts, work.path(), &mut report);
+    let want = |n: u32| opts.only.is_empty() || opts.only.contains(&n);
+    let w = work.path();
+    if want(1) {
+        section_start_exit(&opts, w, &mut report);
+    }
+    if want(2) {
+        section_up_down(&opts, w, layout.as_deref(), &mut report);
+    }
+    if want(3) {
+        section_other_orchestrators(&mut report);
+    }
+    if want(4) {
+        network::section(&opts, w, layout.as_deref(), &mut report);
+    }
+    if want(5) {
+        section_pull(&opts, w, &mut report);
+    }
+    if want(6) {
+        section_config(&opts, w, &mut report)?;
+    }
+    if want(7) {
+        section_rss(&opts, w, layout.as_deref(), &mut report);
+    }
 
     if let Some(dir) = opts.json.parent() {
         std::fs::create_dir_all(dir)?;
@@ -127,8 +176,25 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The bench runs in a network namespace of its own with only `lo` up (made before any
+/// thread exists, so every thread and child inherits it): bridges, nft tables and
+/// published ports of the measured stacks never touch the host's, and the local registry
+/// and published ports are reached on this namespace's loopback.
+fn enter_private_netns() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("unshare(CLONE_NEWNET): the bench must run as root")?;
+    let st = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .context("running ip")?;
+    if !st.success() {
+        bail!("`ip link set lo up` failed in the bench's network namespace");
+    }
+    Ok(())
+}
+
 /// Time one run of a command (output discarded); error when it fails.
-fn time_cmd(cmd: &mut Command) -> Result<f64> {
+pub(crate) fn time_cmd(cmd: &mut Command) -> Result<f64> {
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let t = Instant::now();
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -142,7 +208,7 @@ fn time_cmd(cmd: &mut Command) -> Result<f64> {
     Ok(ms)
 }
 
-fn have(program: &str) -> bool {
+pub(crate) fn have(program: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())
@@ -224,6 +290,32 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
             }),
         ));
     }
+    // The floor: the same namespaces, root mount, /proc, pivot_root and exec, nothing else
+    // (bench/src/bin/berth-floor.rs, built beside this binary).
+    let floor = std::env::current_exe()
+        .map(|e| e.with_file_name("berth-floor"))
+        .unwrap_or_default();
+    if floor.is_file() {
+        for (label, mode) in [
+            ("floor (namespaces + bind root + pivot_root)", "bind"),
+            ("floor (namespaces + overlay root + pivot_root)", "overlay"),
+        ] {
+            let (floor, rootfs) = (floor.clone(), rootfs.clone());
+            variants.push((
+                label,
+                Box::new(move |_| {
+                    let mut c = Command::new(&floor);
+                    c.arg(mode).arg(&rootfs).arg("/bin/true");
+                    c
+                }),
+            ));
+        }
+    } else {
+        r.note(
+            s,
+            "floor skipped: berth-floor not built (cargo build --release -p berth-bench)",
+        );
+    }
     for rt in ["runc", "crun"] {
         if !have(rt) {
             r.note(s, format!("{rt} skipped: not installed"));
@@ -266,13 +358,40 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
             }
         }
     }
+    let median = |label: &str| -> Option<f64> {
+        let (_, _, v) = working.iter().find(|(l, _, _)| *l == label)?;
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied()
+    };
+    let berth = median("berth (Docker defaults: 14 caps, seccomp)");
+    let ratios: Vec<String> = [
+        ("crun", "crun run (runc spec: 3 caps, no seccomp)"),
+        (
+            "floor, bind root",
+            "floor (namespaces + bind root + pivot_root)",
+        ),
+        (
+            "floor, overlay root",
+            "floor (namespaces + overlay root + pivot_root)",
+        ),
+    ]
+    .iter()
+    .filter_map(|(name, label)| Some(format!("{:.2}x {name}", berth? / median(label)?)))
+    .collect();
     for (label, _, mut samples) in working {
         let target = if label.starts_with("berth (Docker") {
-            "median <= crun's"
+            "median <= crun's, <= 3x floor"
         } else {
             ""
         };
-        r.row(s, label, &mut samples, target);
+        r.row(s, label, &mut samples, "ms", target);
+    }
+    if !ratios.is_empty() {
+        r.note(
+            s,
+            format!("berth (Docker defaults) median = {}", ratios.join(", ")),
+        );
     }
 }
 
@@ -293,7 +412,7 @@ fn compose_file(n: usize, ignore_term: bool) -> String {
 }
 
 /// 2. `up -d` / `down` of 1, 10 and 50 busybox services.
-fn section_up_down(opts: &Opts, work: &Path, r: &mut Report) {
+fn section_up_down(opts: &Opts, work: &Path, layout: Option<&Path>, r: &mut Report) {
     let s = "2 up/down";
     let root = work.join("updown-root");
     let berth = |args: &[&str], dir: &Path| {
@@ -306,11 +425,10 @@ fn section_up_down(opts: &Opts, work: &Path, r: &mut Report) {
         c
     };
     // The busybox image must be loadable into the bench's own state root.
-    let layout = work.join("busybox-oci");
-    if let Err(e) = berth_fixtures::busybox_oci_layout(&layout) {
-        r.note(s, format!("cannot build the busybox fixture: {e:#}"));
+    let Some(layout) = layout else {
+        r.note(s, "skipped: no busybox fixture image");
         return;
-    }
+    };
     let load = berth(&["image", "load", "-i", &layout.to_string_lossy()], work).output();
     if !matches!(load, Ok(ref o) if o.status.success()) {
         r.note(s, "not built yet (`berth image load` failed)");
@@ -359,6 +477,7 @@ fn section_up_down(opts: &Opts, work: &Path, r: &mut Report) {
                 s,
                 &format!("berth up -d, {n} services"),
                 &mut ups,
+                "ms",
                 up_target,
             );
         }
@@ -366,6 +485,7 @@ fn section_up_down(opts: &Opts, work: &Path, r: &mut Report) {
             s,
             &format!("berth down, {n} services{tag}"),
             &mut downs,
+            "ms",
             down_target,
         );
     }
@@ -388,14 +508,6 @@ fn section_other_orchestrators(r: &mut Report) {
     if !have("podman-compose") {
         r.note(s, "podman-compose skipped: not installed");
     }
-}
-
-/// 4. Network setup time, DNS latency/qps, published-port throughput.
-fn section_network(r: &mut Report) {
-    r.note(
-        "4 network",
-        "not built yet (per-attachment setup, DNS qps and port throughput need the engine's network path)",
-    );
 }
 
 /// A registry server for the bench: Debian's docker-registry on 127.0.0.1, ended by PID.
@@ -521,10 +633,11 @@ fn section_pull(opts: &Opts, work: &Path, r: &mut Report) {
             s,
             "berth image pull (+ unpack)",
             &mut ours,
+            "ms",
             "faster than skopeo+umoci",
         );
         if let Some(mt) = mt {
-            r.row(s, "skopeo copy + umoci raw unpack", &mut theirs, "");
+            r.row(s, "skopeo copy + umoci raw unpack", &mut theirs, "ms", "");
             r.note(s, format!("ratio berth / (skopeo+umoci) = {:.2}", mo / mt));
         }
         drop(reg);
@@ -572,17 +685,30 @@ fn section_config(opts: &Opts, work: &Path, r: &mut Report) -> Result<()> {
     for _ in 0..opts.runs.max(5) {
         samples.push(run()?);
     }
-    r.row(s, "berth config, 200 services", &mut samples, "< 100 ms");
+    r.row(
+        s,
+        "berth config, 200 services",
+        &mut samples,
+        "ms",
+        "< 100 ms",
+    );
     Ok(())
 }
 
-/// Resident memory (kB) of every process whose command line contains all of `needles`.
-fn rss_kb(needles: &[&str]) -> (usize, u64) {
-    let mut n = 0;
-    let mut kb = 0;
+/// Memory of one process in kB, from `/proc/PID/smaps_rollup`: RSS counts every page it
+/// maps (shared text in full in each process), PSS divides each page among its sharers.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mem {
+    rss: u64,
+    pss: u64,
+}
+
+/// The memory of every process whose command line contains all of `needles`.
+fn procs_mem(needles: &[&str]) -> Vec<Mem> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
-        return (0, 0);
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for e in rd.flatten() {
         if !e
             .file_name()
@@ -596,22 +722,23 @@ fn rss_kb(needles: &[&str]) -> (usize, u64) {
         if !needles.iter().all(|nd| cmd.contains(nd)) {
             continue;
         }
-        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-        if let Some(v) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            n += 1;
-            kb += v;
+        let rollup = std::fs::read_to_string(e.path().join("smaps_rollup")).unwrap_or_default();
+        let field = |key: &str| {
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if let (Some(rss), Some(pss)) = (field("Rss:"), field("Pss:")) {
+            out.push(Mem { rss, pss });
         }
     }
-    (n, kb)
+    out
 }
 
-/// 7. RSS of the supervisor and shims with 10 services up.
-fn section_rss(opts: &Opts, work: &Path, r: &mut Report) {
+/// 7. RSS (the target's measure) and PSS of the supervisor and shims with 10 services up.
+fn section_rss(opts: &Opts, work: &Path, layout: Option<&Path>, r: &mut Report) {
     let s = "7 rss";
     let root = work.join("rss-root");
     let dir = work.join("rss10");
@@ -627,7 +754,10 @@ fn section_rss(opts: &Opts, work: &Path, r: &mut Report) {
             .args(args);
         c
     };
-    let layout = work.join("busybox-oci");
+    let Some(layout) = layout else {
+        r.note(s, "skipped: no busybox fixture image");
+        return;
+    };
     let loaded = berth(&["image", "load", "-i", &layout.to_string_lossy()]).output();
     if !matches!(loaded, Ok(ref o) if o.status.success()) {
         r.note(s, "not built yet (`berth image load` failed)");
@@ -639,14 +769,51 @@ fn section_rss(opts: &Opts, work: &Path, r: &mut Report) {
         return;
     }
     let root_s = root.to_string_lossy().into_owned();
-    let (nsup, sup) = rss_kb(&["__supervise", "rss10"]);
-    let (nshim, shims) = rss_kb(&["__berth-runtime-shim", &root_s]);
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let (mut sup_rss, mut shim_rss, mut tot_rss, mut tot_pss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut nsup, mut nshim) = (0, 0);
+    // A few samples, after the processes settled.
+    for _ in 0..opts.runs.clamp(1, 3) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let sup = procs_mem(&["__supervise", "rss10"]);
+        let shims = procs_mem(&["__berth-runtime-shim", &root_s]);
+        (nsup, nshim) = (sup.len(), shims.len());
+        let sum = |v: &[Mem], f: fn(&Mem) -> u64| v.iter().map(f).sum::<u64>();
+        let (sr, hr) = (sum(&sup, |m| m.rss), sum(&shims, |m| m.rss));
+        let pss = sum(&sup, |m| m.pss) + sum(&shims, |m| m.pss);
+        sup_rss.push(mb(sr));
+        shim_rss.push(mb(hr));
+        tot_rss.push(mb(sr + hr));
+        tot_pss.push(mb(pss));
+    }
     let _ = berth(&["down"]).output();
-    let total_mb = (sup + shims) as f64 / 1024.0;
-    let line = format!(
-        "supervisor {:.1} MB ({nsup} process) + {nshim} shims {:.1} MB = {total_mb:.1} MB (target <= 15 MB; podman 24 MB, docker 279 MB)",
-        sup as f64 / 1024.0,
-        shims as f64 / 1024.0
+    if nsup != 1 || nshim != 10 {
+        r.note(
+            s,
+            format!("expected 1 supervisor and 10 shims, found {nsup} and {nshim}"),
+        );
+    }
+    r.row(s, "supervisor RSS", &mut sup_rss, "MB", "");
+    r.row(
+        s,
+        &format!("{nshim} shims RSS (sum)"),
+        &mut shim_rss,
+        "MB",
+        "",
     );
-    r.note(s, line);
+    r.row(
+        s,
+        "supervisor + shims RSS",
+        &mut tot_rss,
+        "MB",
+        "<= 15 MB (podman 24 MB, docker 279 MB)",
+    );
+    r.row(
+        s,
+        "supervisor + shims PSS",
+        &mut tot_pss,
+        "MB",
+        "(shared pages split; target is RSS)",
+    );
 }

@@ -194,20 +194,48 @@ impl Runtime {
         spec.validate()?;
         let id = spec.id.as_str();
         let _span = info_span!("container_run", container = id).entered();
-        let state = StateDir::new(&self.state_root, id);
-        std::fs::create_dir_all(&self.state_root).map_err(Self::err_state(id, &self.state_root))?;
-        match std::fs::create_dir(state.dir()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(RuntimeError::AlreadyExists { id: id.to_string() })
-            }
-            Err(e) => return Err(Self::err_state(id, state.dir())(e)),
-        }
+        let state = self.new_state_dir(id)?;
         let result = self.start_in(&state, spec);
         if result.is_err() {
             let _ = std::fs::remove_dir_all(state.dir());
         }
         result
+    }
+
+    /// Creates a container without starting it (`docker create`): the spec is stored and
+    /// the container shows as [`Status::Created`] until [`Runtime::start`].
+    pub fn create(&self, spec: &ContainerSpec) -> Result<Container> {
+        spec.validate()?;
+        let id = spec.id.as_str();
+        let state = self.new_state_dir(id)?;
+        if let Err(e) = StateDir::write_json(&state.spec(), spec) {
+            let _ = std::fs::remove_dir_all(state.dir());
+            return Err(Self::err_state(id, &state.spec())(e));
+        }
+        self.get(id)
+    }
+
+    /// The state dir of a new container; an error if `id` exists.
+    fn new_state_dir(&self, id: &str) -> Result<StateDir> {
+        let state = StateDir::new(&self.state_root, id);
+        std::fs::create_dir_all(&self.state_root).map_err(Self::err_state(id, &self.state_root))?;
+        match std::fs::create_dir(state.dir()) {
+            Ok(()) => Ok(state),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(RuntimeError::AlreadyExists { id: id.to_string() })
+            }
+            Err(e) => Err(Self::err_state(id, state.dir())(e)),
+        }
+    }
+
+    /// Starts a container made by [`Runtime::create`]; it stays created if this fails.
+    pub fn start(&self, id: &str) -> Result<Container> {
+        let c = self.get(id)?;
+        if c.running.is_some() {
+            return Err(RuntimeError::AlreadyExists { id: id.to_string() });
+        }
+        let _span = info_span!("container_start", container = id).entered();
+        self.start_in(&c.state, &c.spec)
     }
 
     fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<Container> {
@@ -588,7 +616,8 @@ impl Container {
         })
     }
 
-    /// Runs a process inside the running container and captures its output.
+    /// Runs a process inside the running container and captures its output (with
+    /// `exec.tty`, the output goes to this process's terminal instead and is not captured).
     pub fn exec(&self, exec: &ExecSpec) -> Result<ExecOutput> {
         let id = self.spec.id.as_str();
         self.live_pid()?;
@@ -608,9 +637,21 @@ impl Container {
         let (mut cmd, _keep) = rt
             .helper_command(crate::exec::MODE, &[&root, id, &json], &w)
             .map_err(spawn_err)?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        if exec.tty {
+            // The helper relays the pty to our own terminal: nothing is captured.
+            let stdin = if exec.interactive {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            };
+            cmd.stdin(stdin)
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+        } else {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
         let child = cmd.spawn().map_err(spawn_err)?;
         drop(w);
         let out = child.wait_with_output().map_err(spawn_err)?;

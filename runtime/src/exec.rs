@@ -38,6 +38,13 @@ pub struct ExecSpec {
     pub user: Option<String>,
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// Allocate a pty in the container (`exec -t`): the helper relays it to its own
+    /// stdin/stdout, which `Container::exec` then inherits instead of capturing.
+    #[serde(default)]
+    pub tty: bool,
+    /// Forward stdin (`exec -i`); without it stdin is `/dev/null`.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 impl ExecSpec {
@@ -117,7 +124,7 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
         None
     };
     let cg = cgroups::open(spec.id.as_str()).map_err(|e| chain_of("cannot open cgroup", &e))?;
-    cg.add_process(std::process::id() as i32)
+    cg.join_self()
         .map_err(|e| chain_of("cannot join the container's cgroup", &e))?;
 
     // Open every namespace first: after joining the mount namespace, /proc is the container's.
@@ -151,10 +158,29 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
     let hostname = nix::unistd::gethostname()
         .ok()
         .map(|h| h.to_string_lossy().into_owned());
+    // After joining the mount namespace: the pty comes from the container's devpts.
+    let pty = if exec.tty {
+        Some(
+            crate::tty::open_pty()
+                .map_err(|e| chain_of("cannot open a pty in the container", &e))?,
+        )
+    } else {
+        None
+    };
     // SAFETY: the helper is single-threaded.
     match unsafe { fork() }.map_err(|e| chain_of("cannot fork into the container", &e))? {
         ForkResult::Child => {
             drop(fail_r);
+            if let Some((master, slave)) = pty {
+                drop(master);
+                if let Err(e) = crate::tty::become_controlling(slave) {
+                    let e = init::InitError::Sys {
+                        what: "make the pty the controlling terminal".into(),
+                        source: e,
+                    };
+                    init::fail(fail_w, &e);
+                }
+            }
             let p = ProcessSpec {
                 args: &exec.args,
                 env: &env,
@@ -173,6 +199,18 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
         ForkResult::Parent { child } => {
             drop(fail_w);
             let report = protocol::receive::<ErrorChain>(fail_r);
+            if let Some((master, slave)) = pty {
+                drop(slave);
+                if report.as_ref().is_ok_and(|r| r.is_none()) {
+                    crate::tty::copy_winsize(0, std::os::fd::AsRawFd::as_raw_fd(&master));
+                    let _raw = if exec.interactive {
+                        crate::tty::RawMode::enter(0)
+                    } else {
+                        None
+                    };
+                    crate::tty::relay(&master, exec.interactive);
+                }
+            }
             let status = loop {
                 match waitpid(child, None) {
                     Err(nix::Error::EINTR) => continue,

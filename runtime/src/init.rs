@@ -2,8 +2,8 @@
 //! the new pid namespace, and ends in `execve` of the user's command (or in [`tiny_init`]).
 //!
 //! Takes the spec, the cgroup view and the precompiled seccomp program, gives a running
-//! container process. Order matters and follows runc: wait until the shim has placed us in the
-//! cgroup → unshare the other namespaces (cgroup ns only after placement, so its root is the
+//! container process. Order matters and follows runc: join the cgroup (the init does it
+//! itself, see `CgroupManager::join_self`) → unshare the other namespaces (cgroup ns only after placement, so its root is the
 //! container's cgroup) → join a network namespace → hostname → rootfs and pivot_root
 //! (`rootfs`) → sysctls → masked/read-only paths → oom_score_adj → [`become_process`]
 //! (rlimits, fds, bounding set, seccomp, user, capabilities, exec). `exec` reuses
@@ -11,7 +11,6 @@
 
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +18,7 @@ use nix::sched::{unshare, CloneFlags};
 use tracing::debug;
 
 use crate::capabilities::{self, CapSet, CapabilityError};
-use crate::cgroups::CgroupView;
+use crate::cgroups::{CgroupManager, CgroupView};
 use crate::rootfs::{self, RootfsError};
 use crate::seccomp::{SeccompError, SeccompProgram};
 use crate::spec::{rlimit_resource, ContainerSpec, Network, Rlimit};
@@ -77,6 +76,8 @@ pub enum InitError {
     Capability(#[from] CapabilityError),
     #[error("seccomp setup failed")]
     Seccomp(#[from] SeccompError),
+    #[error("cannot join the container's cgroup")]
+    Cgroup(#[source] crate::cgroups::CgroupError),
     #[error("cannot write oom_score_adj")]
     OomScore(#[source] std::io::Error),
 }
@@ -94,26 +95,18 @@ pub(crate) struct InitContext<'a> {
     pub cgroupns: bool,
     pub seccomp: Option<&'a SeccompProgram>,
     pub caps: CapSet,
-    /// The shim writes one byte here once we are in the cgroup.
-    pub go: OwnedFd,
+    /// The container's cgroup, which the init joins itself first thing.
+    pub cgroup: &'a dyn CgroupManager,
+    /// With `tty: true`: a unix socket on which the pty master goes to the shim.
+    pub console: Option<OwnedFd>,
 }
 
 /// The container init. Returns only on error.
 pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
     let spec = ctx.spec;
-    let mut byte = [0u8; 1];
-    let mut go = std::fs::File::from(ctx.go);
-    let n = go.read(&mut byte).map_err(|e| InitError::Sys {
-        what: "wait for the shim".into(),
-        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
-    if n == 0 {
-        return Err(InitError::Sys {
-            what: "wait for the shim (it went away)".into(),
-            source: nix::Error::EPIPE,
-        });
-    }
-    drop(go);
+    // Still a single-threaded copy of the shim: join the cgroup before anything else, so
+    // every later process and allocation is accounted and limited.
+    ctx.cgroup.join_self().map_err(InitError::Cgroup)?;
 
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.network == Network::None {
@@ -158,6 +151,16 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
     rootfs::finish(spec)?;
     if let Some(adj) = spec.oom_score_adj {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(InitError::OomScore)?;
+    }
+    if let Some(sock) = ctx.console {
+        // After pivot_root, so the pty belongs to the container's devpts instance.
+        let (master, slave) = crate::tty::open_pty().map_err(sys("open a pty in the container"))?;
+        crate::tty::send_fd(&sock, std::os::fd::AsFd::as_fd(&master))
+            .map_err(sys("pass the pty master to the shim"))?;
+        drop((master, sock));
+        crate::tty::become_controlling(slave)
+            .map_err(sys("make the pty the controlling terminal"))?;
+        debug!("pty set up");
     }
 
     let hostname = spec.hostname.clone().or_else(|| {

@@ -44,6 +44,7 @@ mod shim;
 pub mod spec;
 pub mod state;
 mod tiny_init;
+mod tty;
 pub mod user;
 
 pub use container::{default_helper, Container, Runtime, RuntimeError, Status, HELPER_NAME};

@@ -5,7 +5,7 @@
 //! running container: it detaches (setsid + a second fork, so the caller can reap the first
 //! process at once and the shim survives the caller's death), becomes a child subreaper,
 //! creates the cgroup, forks the container init into a new pid namespace (unshare(NEWPID)
-//! before fork makes the child PID 1), places it in the cgroup, waits for its exec, reports
+//! before fork makes the child PID 1), which joins the cgroup itself; waits for its exec, reports
 //! the pid or the error chain on fd 3, then copies stdout/stderr into the JSON-lines log,
 //! reaps PID 1 and writes `exit.json` with OOM detection. Neighbours: `init` (child side),
 //! `state` (files), `log` (format), `cgroups`.
@@ -76,6 +76,12 @@ pub(crate) fn main(args: &[String]) -> u8 {
             if protocol::send(report, &ShimReport::Started { pid }).is_err() {
                 warn!(id, "caller went away before the start report");
             }
+            // The spec, the seccomp program and the start-up buffers are freed by now:
+            // hand their heap pages back, the shim stays resident as long as the container.
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
             supervise(&state, running);
             0
         }
@@ -91,8 +97,10 @@ pub(crate) fn main(args: &[String]) -> u8 {
 struct Running {
     pid: i32,
     cgroup: Box<dyn CgroupManager>,
+    /// The stdout pipe, or the pty master with `tty: true`.
     stdout: OwnedFd,
-    stderr: OwnedFd,
+    /// `None` with a tty (everything comes through the master, logged as stdout).
+    stderr: Option<OwnedFd>,
     log: LogWriter,
 }
 
@@ -157,13 +165,24 @@ fn spawn_init(
     cgroup: &dyn CgroupManager,
     caps: crate::capabilities::CapSet,
     seccomp: Option<&SeccompProgram>,
-) -> Result<(i32, OwnedFd, OwnedFd), ErrorChain> {
+) -> Result<(i32, OwnedFd, Option<OwnedFd>), ErrorChain> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let (go_r, go_w) = pipe()?;
     let (fail_r, fail_w) = pipe()?;
     let devnull =
         std::fs::File::open("/dev/null").map_err(|e| chain_of("cannot open /dev/null", &e))?;
+    let (console_parent, console_child) = if spec.tty {
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| chain_of("cannot create the console socket", &e))?;
+        (Some(a), Some(b))
+    } else {
+        (None, None)
+    };
     // The next child is PID 1 of a new pid namespace; the shim itself stays outside.
     unshare(CloneFlags::CLONE_NEWPID)
         .map_err(|e| chain_of("cannot unshare the pid namespace", &e))?;
@@ -171,7 +190,7 @@ fn spawn_init(
     let child =
         match unsafe { fork() }.map_err(|e| chain_of("cannot fork the container init", &e))? {
             ForkResult::Child => {
-                drop((out_r, err_r, go_w, fail_r));
+                drop((out_r, err_r, fail_r, console_parent));
                 let _ = nix::unistd::dup2_stdin(devnull.as_fd());
                 let _ = nix::unistd::dup2_stdout(out_w.as_fd());
                 let _ = nix::unistd::dup2_stderr(err_w.as_fd());
@@ -183,30 +202,34 @@ fn spawn_init(
                     cgroupns: cgroup.wants_cgroupns(),
                     seccomp,
                     caps,
-                    go: go_r,
+                    cgroup,
+                    console: console_child,
                 };
                 let Err(e) = init::run(ctx);
                 init::fail(fail_w, &e);
             }
             ForkResult::Parent { child } => child,
         };
-    drop((out_w, err_w, go_r, fail_w, devnull));
+    drop((out_w, err_w, fail_w, devnull, console_child));
     let abort = |chain: ErrorChain| {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(child, None);
         chain
     };
     debug!(pid = child.as_raw(), "container init forked");
-    if let Err(e) = cgroup.add_process(child.as_raw()) {
-        return Err(abort(chain_of("cannot place the init in its cgroup", &e)));
-    }
-    let mut go = std::fs::File::from(go_w);
-    if let Err(e) = std::io::Write::write_all(&mut go, b"g") {
-        return Err(abort(chain_of("cannot release the init", &e)));
-    }
-    drop(go);
+    // The init joins the cgroup itself (`CgroupManager::join_self`, the cheap path on v1).
     match protocol::receive::<ErrorChain>(fail_r) {
-        Ok(None) => Ok((child.as_raw(), out_r, err_r)),
+        Ok(None) => match console_parent {
+            None => Ok((child.as_raw(), out_r, Some(err_r))),
+            // The init sent the master before exec; it sits in the socket buffer.
+            Some(sock) => match crate::tty::recv_fd(&sock) {
+                Ok(Some(master)) => Ok((child.as_raw(), master, None)),
+                Ok(None) => Err(abort(ErrorChain(vec![
+                    "the container init sent no pty master".into(),
+                ]))),
+                Err(e) => Err(abort(chain_of("cannot receive the pty master", &e))),
+            },
+        },
         Ok(Some(chain)) => Err(abort(chain.context("container init"))),
         Err(e) => Err(abort(chain_of("cannot read the init's report", &e))),
     }
@@ -252,7 +275,11 @@ fn supervise(state: &StateDir, mut r: Running) {
 fn pump_logs(r: &mut Running) {
     let mut open = [true, true];
     let mut buf = vec![0u8; 64 * 1024];
-    let fds = [r.stdout.as_raw_fd(), r.stderr.as_raw_fd()];
+    let fds = [
+        r.stdout.as_raw_fd(),
+        r.stderr.as_ref().map_or(-1, |f| f.as_raw_fd()),
+    ];
+    open[1] = r.stderr.is_some();
     while open.iter().any(|o| *o) {
         let mut pfds: Vec<libc::pollfd> = fds
             .iter()
@@ -280,7 +307,12 @@ fn pump_logs(r: &mut Running) {
             } else {
                 Stream::Stderr
             };
-            let fd = if i == 0 { &r.stdout } else { &r.stderr };
+            let fd = if i == 0 {
+                &r.stdout
+            } else {
+                r.stderr.as_ref().unwrap_or(&r.stdout)
+            };
+            // A pty master reads EIO once no slave is left: the end, like a pipe's EOF.
             match nix::unistd::read(fd, &mut buf) {
                 Ok(0) | Err(_) => {
                     open[i] = false;

@@ -232,7 +232,8 @@ pub struct ContainerSpec {
     pub sysctls: BTreeMap<String, String>,
     #[serde(default)]
     pub read_only_rootfs: bool,
-    /// Not supported yet: `validate` refuses it.
+    /// A pseudo-terminal (in the container's own devpts) as stdin/stdout/stderr and
+    /// controlling terminal; the shim holds the master and logs its output as `stdout`.
     #[serde(default)]
     pub tty: bool,
     /// Signal name (`SIGTERM`, `TERM`) or number; default SIGTERM.
@@ -273,8 +274,6 @@ pub enum SpecError {
     Sysctl { id: ContainerId, key: String },
     #[error("container {id}: environment entry {entry:?} has no '='")]
     Env { id: ContainerId, entry: String },
-    #[error("container {id}: a tty is not supported yet")]
-    TtyUnsupported { id: ContainerId },
     #[error("container {id}: invalid capability list")]
     Capability {
         id: ContainerId,
@@ -382,9 +381,6 @@ impl ContainerSpec {
         let id = || self.id.clone();
         if self.args.is_empty() {
             return Err(SpecError::NoArgs { id: id() });
-        }
-        if self.tty {
-            return Err(SpecError::TtyUnsupported { id: id() });
         }
         if let Rootfs::Overlay { lower, .. } = &self.rootfs {
             if lower.is_empty() {
@@ -499,10 +495,7 @@ mod tests {
         assert!(matches!(s.validate(), Err(SpecError::Sysctl { .. })));
         let mut s = spec();
         s.tty = true;
-        assert!(matches!(
-            s.validate(),
-            Err(SpecError::TtyUnsupported { .. })
-        ));
+        s.validate().expect("a tty is supported");
     }
 
     #[test]

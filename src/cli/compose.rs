@@ -30,6 +30,36 @@ pub enum ComposeCommand {
     Stop(StopArgs),
     /// Execute a command in a running container
     Exec(ExecArgs),
+    /// Run a one-off command on a service
+    Run(super::run::RunArgs),
+    /// Start services
+    Start(super::verbs::StartArgs),
+    /// Restart service containers
+    Restart(super::verbs::RestartArgs),
+    /// Force stop service containers
+    Kill(super::verbs::KillArgs),
+    /// Pause services
+    Pause(super::verbs::ServicesArgs),
+    /// Unpause services
+    Unpause(super::verbs::ServicesArgs),
+    /// Removes stopped service containers
+    Rm(super::verbs::RmArgs),
+    /// Creates containers for a service
+    Create(super::verbs::CreateArgs),
+    /// Display the running processes
+    Top(super::verbs::ServicesArgs),
+    /// Print the public port for a port binding
+    Port(super::verbs::PortArgs),
+    /// Receive real time events from containers
+    Events(super::verbs::EventsArgs),
+    /// Block until containers of all (or specified) services stop
+    Wait(super::verbs::WaitArgs),
+    /// List running compose projects
+    Ls(super::verbs::LsArgs),
+    /// Copy files/folders between a service container and the local filesystem
+    Cp(super::verbs::CpArgs),
+    /// Pull service images
+    Pull(super::verbs::PullArgs),
     /// Run the per-project supervisor (started by `up`; not for direct use)
     #[command(name = "__supervise", hide = true)]
     Supervise { project: String },
@@ -70,6 +100,16 @@ pub struct UpArgs {
     /// Scale SERVICE to NUM instances (overrides `scale` and `deploy.replicas`)
     #[arg(long, value_name = "SERVICE=NUM")]
     pub scale: Vec<String>,
+    /// Stops all containers if any container was stopped (foreground only)
+    #[arg(long, conflicts_with_all = ["detach", "wait"])]
+    pub abort_on_container_exit: bool,
+    /// Stops all containers if any container exited with failure (foreground only)
+    #[arg(long, conflicts_with_all = ["detach", "wait", "abort_on_container_exit"])]
+    pub abort_on_container_failure: bool,
+    /// Return the exit code of the selected service container (implies
+    /// --abort-on-container-exit)
+    #[arg(long, value_name = "SERVICE", conflicts_with_all = ["detach", "wait"])]
+    pub exit_code_from: Option<String>,
     /// Services to start (default: all)
     pub services: Vec<String>,
 }
@@ -122,6 +162,12 @@ pub struct LogsArgs {
     /// Don't print prefix in logs
     #[arg(long)]
     pub no_log_prefix: bool,
+    /// Show logs since timestamp (e.g. 2013-01-02T13:23:37Z) or relative (e.g. 42m)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show logs before a timestamp (e.g. 2013-01-02T13:23:37Z) or relative (e.g. 42m)
+    #[arg(long)]
+    pub until: Option<String>,
     /// Services to show
     pub services: Vec<String>,
 }
@@ -131,7 +177,7 @@ pub struct ExecArgs {
     /// Detached mode: run the command in the background
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Disable pseudo-TTY allocation (berth's exec never allocates one yet)
+    /// Disable pseudo-TTY allocation (by default one is allocated when stdin is a terminal)
     #[arg(short = 'T', long = "no-TTY")]
     pub no_tty: bool,
     /// Set environment variables
@@ -178,17 +224,32 @@ pub async fn run(g: &GlobalOpts, cmd: ComposeCommand) -> anyhow::Result<ExitCode
         ComposeCommand::Logs(args) => logs(g, args).await,
         ComposeCommand::Stop(args) => stop(g, args).await,
         ComposeCommand::Exec(args) => exec(g, args).await,
+        ComposeCommand::Start(a) => super::verbs::start(g, a).await,
+        ComposeCommand::Restart(a) => super::verbs::restart(g, a).await,
+        ComposeCommand::Kill(a) => super::verbs::kill(g, a).await,
+        ComposeCommand::Pause(a) => super::verbs::pause(g, a, true).await,
+        ComposeCommand::Unpause(a) => super::verbs::pause(g, a, false).await,
+        ComposeCommand::Rm(a) => super::verbs::rm(g, a).await,
+        ComposeCommand::Create(a) => super::verbs::create(g, a).await,
+        ComposeCommand::Top(a) => super::verbs::top(g, a).await,
+        ComposeCommand::Port(a) => super::verbs::port(g, a).await,
+        ComposeCommand::Events(a) => super::verbs::events(g, a).await,
+        ComposeCommand::Wait(a) => super::verbs::wait(g, a).await,
+        ComposeCommand::Ls(a) => super::verbs::ls(g, a).await,
+        ComposeCommand::Cp(a) => super::verbs::cp(g, a).await,
+        ComposeCommand::Pull(a) => super::verbs::pull(g, a).await,
+        ComposeCommand::Run(args) => super::run::run(g, args).await,
     }
 }
 
-fn open_engine(g: &GlobalOpts) -> anyhow::Result<Arc<Engine>> {
+pub(crate) fn open_engine(g: &GlobalOpts) -> anyhow::Result<Arc<Engine>> {
     let exe = std::env::current_exe().context("cannot find the berth binary")?;
     Ok(Arc::new(Engine::open(&g.root, exe).with_context(|| {
         format!("opening berth state at {}", g.root.display())
     })?))
 }
 
-fn load(g: &GlobalOpts, services: &[String]) -> anyhow::Result<Project> {
+pub(crate) fn load(g: &GlobalOpts, services: &[String]) -> anyhow::Result<Project> {
     let opts = super::config::load_options(g, services, true)?;
     Ok(crate::project::load(&opts)?)
 }
@@ -221,6 +282,11 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--scale {s:?}: no such service: {svc}");
         }
         scale.insert(svc.to_string(), n);
+    }
+    if let Some(svc) = &args.exit_code_from {
+        if !project.services.values().any(|x| &x.name == svc) {
+            anyhow::bail!("--exit-code-from {svc}: no such service: {svc}");
+        }
     }
     let plan = engine
         .plan_up(&project, &opts, &args.services, args.no_deps, &scale)
@@ -261,11 +327,39 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
         timestamps: false,
         no_prefix: false,
     };
-    let follow = print_logs(engine.clone(), name.clone(), Vec::new(), None, style, true);
+    let abort = args.abort_on_container_exit
+        || args.abort_on_container_failure
+        || args.exit_code_from.is_some();
+    let mut logs = LogFollower::new(engine.clone(), name.clone(), Vec::new(), None, style);
+    // Foreground `up` ends on Ctrl-C, or with --abort-on-container-exit when a container
+    // exits (with --abort-on-container-failure: exits non-zero).
+    let exited = async {
+        if !abort {
+            return std::future::pending().await;
+        }
+        loop {
+            if let Ok(rows) = engine.ps(&name, true).await {
+                if let Some(r) = rows.iter().find(|r| {
+                    r.state == "exited"
+                        && (!args.abort_on_container_failure || r.exit_code != Some(0))
+                }) {
+                    return (r.name.clone(), r.exit_code.unwrap_or(0));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut code = 130;
     tokio::select! {
-        r = follow => r?,
+        r = logs.follow() => r?,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("Gracefully stopping... (press Ctrl+C again to force)");
+        }
+        (who, c) = exited => {
+            logs.pass().await?;
+            eprintln!("{who} exited with code {c}");
+            eprintln!("Aborting on container exit...");
+            code = c;
         }
     }
     let timeout = Duration::from_secs(args.timeout.unwrap_or(10));
@@ -275,7 +369,16 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
             engine.stop(&name, &[], Duration::ZERO).await?;
         }
     }
-    Ok(ExitCode::from(130))
+    logs.pass().await?;
+    if let Some(svc) = &args.exit_code_from {
+        let rows = engine.ps(&name, true).await?;
+        code = rows
+            .iter()
+            .find(|r| &r.service == svc)
+            .and_then(|r| r.exit_code)
+            .unwrap_or(0);
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
 async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
@@ -300,18 +403,11 @@ async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let engine = open_engine(g)?;
-    let mut volumes = Vec::new();
-    if args.volumes {
-        volumes = declared;
-        // Volumes this project created (declared or anonymous), by their labels and names.
-        for v in engine.volumes.list().unwrap_or_default() {
-            let labelled = v.labels.get("com.docker.compose.project") == Some(&name);
-            let anonymous = v.name.starts_with(&format!("{name}-")) && v.name.contains("-anon-");
-            if (labelled || anonymous) && !volumes.contains(&v.name) {
-                volumes.push(v.name);
-            }
-        }
-    }
+    let volumes = if args.volumes {
+        engine.project_volumes(&name, declared)
+    } else {
+        Vec::new()
+    };
     engine
         .down(
             &name,
@@ -350,11 +446,15 @@ async fn stop(g: &GlobalOpts, args: StopArgs) -> anyhow::Result<ExitCode> {
 async fn exec(g: &GlobalOpts, args: ExecArgs) -> anyhow::Result<ExitCode> {
     let name = project_name(g)?;
     let engine = open_engine(g)?;
+    // As docker compose: a tty when stdin is a terminal unless -T; stdin is then forwarded.
+    let tty = !args.no_tty && !args.detach && std::io::IsTerminal::is_terminal(&std::io::stdin());
     let spec = berth_runtime::ExecSpec {
         args: args.command.clone(),
         env: args.env.clone(),
         user: args.user.clone(),
         working_dir: args.workdir.clone(),
+        tty,
+        interactive: tty,
     };
     let out = engine
         .exec(&name, &args.service, args.index, spec, args.detach)
@@ -376,7 +476,15 @@ async fn logs(g: &GlobalOpts, args: LogsArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let color = !args.no_color && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    print_logs(
+    let now = time::OffsetDateTime::now_utc();
+    let bound = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<i128>> {
+        v.as_deref()
+            .map(|s| {
+                parse_time_bound(s, now).map_err(|why| anyhow::anyhow!("--{flag} {s:?}: {why}"))
+            })
+            .transpose()
+    };
+    let mut logs = LogFollower::new(
         engine,
         name,
         args.services,
@@ -386,10 +494,54 @@ async fn logs(g: &GlobalOpts, args: LogsArgs) -> anyhow::Result<ExitCode> {
             timestamps: args.timestamps,
             no_prefix: args.no_log_prefix,
         },
-        args.follow,
-    )
-    .await?;
+    );
+    logs.since = bound("since", &args.since)?;
+    logs.until = bound("until", &args.until)?;
+    if args.follow {
+        logs.follow().await?;
+    } else {
+        logs.pass().await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--since`/`--until`: an RFC 3339 time, a unix timestamp (`1700000000[.5]`) or a
+/// duration before `now` (`42m`, `1h30m`, `10s`); as unix nanoseconds.
+fn parse_time_bound(s: &str, now: time::OffsetDateTime) -> Result<i128, String> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t.unix_timestamp_nanos());
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return Ok((secs * 1e9) as i128);
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                1e-3
+            }
+            ('h', _) => 3600.0,
+            ('m', _) => 60.0,
+            ('s', _) => 1.0,
+            _ => return Err("expected a timestamp or a duration like 42m".into()),
+        };
+        let n: f64 = num
+            .parse()
+            .map_err(|_| "expected a timestamp or a duration like 42m".to_string())?;
+        total += n * unit;
+        num.clear();
+    }
+    if !num.is_empty() || s.is_empty() {
+        return Err("expected a timestamp or a duration like 42m".into());
+    }
+    Ok(now.unix_timestamp_nanos() - (total * 1e9) as i128)
 }
 
 fn prefix_of(service: &str, n: u32) -> String {
@@ -404,51 +556,144 @@ struct LogStyle {
     no_prefix: bool,
 }
 
-/// Print the project's logs (the last `tail` lines of each container first); with
-/// `follow`, keep printing new lines as they are written, picking up new containers,
-/// until the future is dropped.
-async fn print_logs(
+/// Prints the project's logs: the last `tail` lines of each container first, then (each
+/// [`LogFollower::pass`]) only what was appended since, read from the byte offset where the
+/// previous pass stopped, picking up new containers and rotated files.
+struct LogFollower {
     engine: Arc<Engine>,
     project: String,
     services: Vec<String>,
     tail: Option<usize>,
     style: LogStyle,
-    follow: bool,
-) -> anyhow::Result<()> {
-    // Lines already printed per log file.
-    let mut seen: std::collections::HashMap<std::path::PathBuf, usize> = Default::default();
-    let mut first = true;
-    loop {
-        let files = engine.log_files(&project, &services).await?;
+    /// Only lines with a time in `since..=until` (unix ns).
+    since: Option<i128>,
+    until: Option<i128>,
+    /// Per log file: (inode, bytes consumed, an unterminated last line).
+    files: std::collections::HashMap<std::path::PathBuf, (u64, u64, Vec<u8>)>,
+}
+
+impl LogFollower {
+    fn new(
+        engine: Arc<Engine>,
+        project: String,
+        services: Vec<String>,
+        tail: Option<usize>,
+        style: LogStyle,
+    ) -> Self {
+        LogFollower {
+            engine,
+            project,
+            services,
+            tail,
+            style,
+            since: None,
+            until: None,
+            files: Default::default(),
+        }
+    }
+
+    /// Keep printing new lines until the future is dropped.
+    async fn follow(&mut self) -> anyhow::Result<()> {
+        loop {
+            self.pass().await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Print what is new in every log file.
+    async fn pass(&mut self) -> anyhow::Result<()> {
+        use std::io::{Read, Seek};
+        use std::os::unix::fs::MetadataExt;
+        let files = self.engine.log_files(&self.project, &self.services).await?;
         let width = files
             .iter()
             .map(|f| prefix_of(&f.1, f.2).len())
             .max()
             .unwrap_or(0);
         for (i, (_, svc, n, path)) in files.iter().enumerate() {
-            let lines = berth_runtime::log::read_log(path).unwrap_or_default();
-            let start = match seen.get(path) {
-                Some(s) => (*s).min(lines.len()),
-                None if first => tail.map(|t| lines.len().saturating_sub(t)).unwrap_or(0),
-                None => 0,
+            let Ok(mut f) = std::fs::File::open(path) else {
+                continue;
             };
-            for l in &lines[start..] {
+            let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
+            let first = !self.files.contains_key(path);
+            let entry = self
+                .files
+                .entry(path.clone())
+                .or_insert((ino, 0, Vec::new()));
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if entry.0 != ino || len < entry.1 {
+                // Rotated (a new file under the same name): start over at its top.
+                *entry = (ino, 0, Vec::new());
+            }
+            if f.seek(std::io::SeekFrom::Start(entry.1)).is_err() {
+                continue;
+            }
+            let mut buf = std::mem::take(&mut entry.2);
+            let read = f.read_to_end(&mut buf).unwrap_or(0);
+            entry.1 += read as u64;
+            let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            entry.2 = buf[complete..].to_vec();
+            let text = String::from_utf8_lossy(&buf[..complete]);
+            let mut lines: Vec<berth_runtime::log::LogLine> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .filter(|l: &berth_runtime::log::LogLine| self.in_window(&l.time))
+                .collect();
+            if first {
+                if let Some(t) = self.tail {
+                    lines.drain(..lines.len().saturating_sub(t));
+                }
+            }
+            for l in &lines {
                 render::log_line(
                     &prefix_of(svc, *n),
                     width,
                     i,
-                    style.color,
-                    style.no_prefix,
-                    style.timestamps,
+                    self.style.color,
+                    self.style.no_prefix,
+                    self.style.timestamps,
                     l,
                 );
             }
-            seen.insert(path.clone(), lines.len());
         }
-        if !follow {
-            return Ok(());
+        Ok(())
+    }
+
+    fn in_window(&self, time: &str) -> bool {
+        if self.since.is_none() && self.until.is_none() {
+            return true;
         }
-        first = false;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(t) =
+            time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        else {
+            return true;
+        };
+        let t = t.unix_timestamp_nanos();
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time_bound;
+
+    #[test]
+    fn time_bounds() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let ns = |s: i128| s * 1_000_000_000;
+        assert_eq!(parse_time_bound("42m", now), Ok(ns(1_000_000 - 42 * 60)));
+        assert_eq!(parse_time_bound("1h30m", now), Ok(ns(1_000_000 - 5400)));
+        assert_eq!(
+            parse_time_bound("500ms", now),
+            Ok(ns(1_000_000) - 500_000_000)
+        );
+        assert_eq!(parse_time_bound("1700000000", now), Ok(ns(1_700_000_000)));
+        assert_eq!(
+            parse_time_bound("1970-01-02T00:00:00Z", now),
+            Ok(ns(86_400))
+        );
+        assert!(parse_time_bound("yesterday", now).is_err());
+        assert!(parse_time_bound("5", now).is_ok());
+        assert!(parse_time_bound("10x", now).is_err());
     }
 }

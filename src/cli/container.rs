@@ -165,6 +165,12 @@ pub struct LogsArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecArgs {
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep STDIN open
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// Set environment variables
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,
@@ -184,6 +190,11 @@ pub async fn run(g: &GlobalOpts, cmd: ContainerCommand) -> anyhow::Result<ExitCo
     tokio::task::spawn_blocking(move || run_blocking(Root::new(root), cmd))
         .await
         .context("container command task failed")?
+}
+
+/// The same without an async runtime (the CLI's entry for `berth container ...`).
+pub fn run_sync(g: &GlobalOpts, cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
+    run_blocking(Root::new(g.root.clone()), cmd)
 }
 
 fn runtime(root: &Root) -> Runtime {
@@ -253,6 +264,8 @@ fn run_blocking(root: Root, cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
             e.env = expand_env(&a.env);
             e.user = a.user;
             e.working_dir = a.workdir;
+            e.tty = a.tty;
+            e.interactive = a.interactive;
             let out = c.exec(&e)?;
             std::io::stdout().write_all(&out.stdout)?;
             std::io::stderr().write_all(&out.stderr)?;

@@ -11,7 +11,9 @@ pub mod container;
 pub mod image;
 pub mod network;
 pub mod render;
+pub mod run;
 pub mod system;
+pub mod verbs;
 pub mod volume;
 
 use std::path::PathBuf;
@@ -80,8 +82,8 @@ pub enum Command {
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCommand),
-    /// List images
-    Images(image::ImagesArgs),
+    /// List images: the project's containers' (in a compose project) or the store's
+    Images(verbs::ImagesArgs),
     /// Manage networks
     #[command(subcommand)]
     Network(network::NetworkCommand),
@@ -102,8 +104,23 @@ pub fn main() -> ExitCode {
     if let Some(code) = berth_runtime::hidden_main() {
         return ExitCode::from(code);
     }
+    // The per-project supervisor: its own small runtime, without the CLI parser.
+    if let Some(code) = crate::engine::supervisor::main_if_supervising() {
+        return code;
+    }
     let cli = Cli::parse();
     init_tracing(cli.global.verbose);
+    // `container` commands are synchronous: skip the async runtime, whose worker threads
+    // and hand-offs cost start->exit time (section 1 of the bench).
+    if let Command::Container(cmd) = &cli.command {
+        return match container::run_sync(&cli.global, cmd.clone()) {
+            Ok(code) => code,
+            Err(err) => {
+                render::error(&err);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,7 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config(args) => config::run(g, args).await,
         Command::Compose(cmd) => compose::run(g, cmd).await,
         Command::Image(cmd) => image::run(g, cmd).await,
-        Command::Images(args) => image::run_images(g, args).await,
+        Command::Images(args) => verbs::images(g, args).await,
         Command::Network(cmd) => network::run(g, cmd).await,
         Command::Container(cmd) => container::run(g, cmd).await,
         Command::System(cmd) => system::run(g, cmd).await,

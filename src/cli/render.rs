@@ -19,34 +19,132 @@ pub fn plan(p: &Plan) {
     print!("{p}");
 }
 
-/// Progress of an `up`, like compose's plain progress: one line per finished operation
-/// (on stderr, so stdout stays clean for scripts). `--progress quiet` prints nothing,
-/// `--progress json` one JSON object per event.
+/// How compose names an operation's resource and its state while working and when done:
+/// `create container p-web-1` → ("Container p-web-1", "Creating", "Created").
+fn describe(what: &str) -> (String, &'static str, &'static str) {
+    let verbs: [(&str, &str, &str, &str); 5] = [
+        ("create container ", "Container ", "Creating", "Created"),
+        ("start container ", "Container ", "Starting", "Started"),
+        (
+            "restart container ",
+            "Container ",
+            "Restarting",
+            "Restarted",
+        ),
+        ("remove container ", "Container ", "Removing", "Removed"),
+        ("ensure image of ", "Image for ", "Checking", "Ready"),
+    ];
+    for (prefix, kind, working, done) in verbs {
+        if let Some(rest) = what.strip_prefix(prefix) {
+            return (format!("{kind}{rest}"), working, done);
+        }
+    }
+    if what == "ensure networks" {
+        return ("Networks".into(), "Creating", "Ready");
+    }
+    if let Some(rest) = what.strip_prefix("wait for ") {
+        let (svc, cond) = rest.split_once(' ').unwrap_or((rest, ""));
+        let done = match cond {
+            "healthy" => "Healthy",
+            "completed successfully" => "Exited",
+            _ => "Running",
+        };
+        return (format!("Service {svc}"), "Waiting", done);
+    }
+    (what.to_string(), "Working", "Done")
+}
+
+/// Progress of an `up`, like compose v2 (on stderr, so stdout stays clean for scripts):
+/// `tty` (the default on a terminal) keeps one line per resource, redrawn in place with
+/// its state and time; `plain` prints a line per change; `json` one JSON object per
+/// change; `quiet` nothing.
 pub async fn progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, mode: String) {
     let start = Instant::now();
+    let mode = match mode.as_str() {
+        "auto" if std::io::IsTerminal::is_terminal(&std::io::stderr()) => "tty".to_string(),
+        "auto" => "plain".to_string(),
+        _ => mode,
+    };
+    let multi = indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let mut bars: std::collections::HashMap<String, indicatif::ProgressBar> = Default::default();
+    let working = indicatif::ProgressStyle::with_template(" {spinner:.cyan} {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let finished = indicatif::ProgressStyle::with_template(" {msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
     while let Some(ev) = rx.recv().await {
+        let (what, elapsed, failed) = match &ev {
+            Event::Started { what } => (what, None, false),
+            Event::Done { what, elapsed } => (what, Some(*elapsed), false),
+            Event::Failed { what, elapsed } => (what, Some(*elapsed), true),
+        };
+        let (id, working_text, done_text) = describe(what);
+        let text = match (elapsed, failed) {
+            (None, _) => working_text,
+            (Some(_), false) => done_text,
+            (Some(_), true) => "Error",
+        };
         match mode.as_str() {
             "quiet" => {}
             "json" => {
-                let v = match &ev {
-                    Event::Started { what } => {
-                        serde_json::json!({"status": "started", "what": what})
-                    }
-                    Event::Done { what, elapsed } => serde_json::json!({
-                        "status": "done", "what": what, "seconds": elapsed.as_secs_f64()
-                    }),
-                };
+                let mut v = serde_json::json!({
+                    "id": id,
+                    "status": match (elapsed, failed) {
+                        (None, _) => "Working",
+                        (Some(_), false) => "Done",
+                        (Some(_), true) => "Error",
+                    },
+                    "text": text,
+                });
+                if let Some(e) = elapsed {
+                    v["seconds"] = serde_json::json!(e.as_secs_f64());
+                }
                 eprintln!("{v}");
             }
-            _ => {
-                if let Event::Done { what, elapsed } = ev {
-                    // Waits that took no time and no-op image checks are noise.
-                    if what.starts_with("ensure image") && elapsed.as_millis() < 5 {
-                        continue;
+            "tty" => {
+                let bar = bars.entry(id.clone()).or_insert_with(|| {
+                    let b = multi.add(indicatif::ProgressBar::new_spinner());
+                    b.set_style(working.clone());
+                    b.enable_steady_tick(std::time::Duration::from_millis(100));
+                    b
+                });
+                match elapsed {
+                    None => {
+                        bar.set_style(working.clone());
+                        bar.set_message(format!("{id:<40} {text}"));
                     }
-                    eprintln!(" ✔ {what:<48} {:>6.1}s", start.elapsed().as_secs_f64());
+                    Some(e) => {
+                        let mark = if failed {
+                            "\x1b[31m✘\x1b[0m"
+                        } else {
+                            "\x1b[32m✔\x1b[0m"
+                        };
+                        bar.set_style(finished.clone());
+                        bar.finish_with_message(format!(
+                            "{mark} {id:<40} {text:<10} {:>5.1}s",
+                            e.as_secs_f64()
+                        ));
+                    }
                 }
             }
+            _ => {
+                // Waits that took no time and no-op image checks are noise.
+                if id.starts_with("Image for ") && elapsed.is_some_and(|e| e.as_millis() < 5) {
+                    continue;
+                }
+                match elapsed {
+                    None => eprintln!(" {id}  {text}"),
+                    Some(_) => eprintln!(
+                        " {} {id}  {text}  {:.1}s",
+                        if failed { "✘" } else { "✔" },
+                        start.elapsed().as_secs_f64()
+                    ),
+                }
+            }
+        }
+    }
+    for b in bars.values() {
+        if !b.is_finished() {
+            b.abandon();
         }
     }
 }
@@ -146,4 +244,49 @@ pub fn log_line(
     } else {
         writeln!(out, "{prefix:<width$}  | {ts}{text}")
     };
+}
+
+/// A table like docker's: left-aligned columns three spaces apart, a header first.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let n = cells.len();
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s
+    };
+    writeln!(out, "{}", line(headers.to_vec()))?;
+    for r in rows {
+        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+/// Plain result lines on stdout (one per item).
+pub fn lines<S: std::fmt::Display>(items: &[S]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for i in items {
+        writeln!(out, "{i}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// A status line on stderr, compose's ` ✔ Container NAME  Started`.
+pub fn status(what: &str, name: &str, state: &str) {
+    eprintln!(" ✔ {what} {name}  {state}");
 }

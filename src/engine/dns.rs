@@ -13,7 +13,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use tracing::{debug, warn};
 
 use super::supervisor::Services;
-use crate::network::dns::{DnsServer, Registry, Upstream};
+use crate::network::dns::{DnsServer, LinkTarget, Registry, Upstream};
 use crate::state::ProjectRecord;
 
 /// Where names outside the project are forwarded, from `BERTH_DNS_UPSTREAM`.
@@ -70,7 +70,7 @@ impl Services for DnsServices {
         let wanted: BTreeMap<&str, _> = record
             .networks
             .iter()
-            .map(|n| (n.name.as_str(), n.gateway))
+            .map(|n| (n.name.as_str(), (n.gateway, n.external)))
             .collect();
         let gone: Vec<String> = self
             .servers
@@ -83,7 +83,7 @@ impl Services for DnsServices {
                 s.shutdown().await;
             }
         }
-        for (name, gw) in wanted {
+        for (name, (gw, external)) in wanted {
             if self.servers.contains_key(name) {
                 continue;
             }
@@ -92,6 +92,13 @@ impl Services for DnsServices {
                 Ok(s) => {
                     debug!(network = name, %addr, "dns listener up");
                     self.servers.insert(name.to_string(), s);
+                }
+                // An external network shared with another project: that project's
+                // supervisor holds <gateway>:53. Not fatal; containers whose resolver is
+                // this gateway get that project's view. (A per-container resolver, as
+                // Docker's 127.0.0.11, would lift this.)
+                Err(e) if external && is_addr_in_use(&e) => {
+                    warn!(network = name, %addr, "dns: the gateway is served by another project's supervisor");
                 }
                 Err(e) => {
                     warn!(network = name, error = %e, "dns listener");
@@ -105,10 +112,30 @@ impl Services for DnsServices {
         for gone in self.registered.difference(&known) {
             self.registry.remove_container(gone);
         }
+        for n in &record.networks {
+            if let Ok(subnet) = n.subnet.parse() {
+                self.registry.set_subnet(&n.name, subnet);
+            }
+        }
         for c in &record.containers {
             self.registry.remove_container(&c.id);
             for a in &c.attachments {
                 self.registry.add(&a.network, &c.id, a.ip, &a.dns_names);
+                if !a.link_aliases.is_empty() {
+                    let links: Vec<(String, LinkTarget)> = a
+                        .link_aliases
+                        .iter()
+                        .filter_map(|l| {
+                            let target = match (&l.service, l.ip) {
+                                (Some(s), _) => LinkTarget::Name(s.clone()),
+                                (None, Some(ip)) => LinkTarget::Ip(ip),
+                                (None, None) => return None,
+                            };
+                            Some((l.alias.clone(), target))
+                        })
+                        .collect();
+                    self.registry.set_links(&a.network, &c.id, &links);
+                }
             }
         }
         self.registered = known;
@@ -124,6 +151,11 @@ impl Services for DnsServices {
             s.shutdown().await;
         }
     }
+}
+
+fn is_addr_in_use(e: &crate::network::dns::DnsError) -> bool {
+    let crate::network::dns::DnsError::Bind { source, .. } = e;
+    source.kind() == std::io::ErrorKind::AddrInUse
 }
 
 #[cfg(test)]

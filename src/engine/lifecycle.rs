@@ -47,7 +47,7 @@ pub enum EngineError {
 impl EngineError {
     /// `Ok` when nothing failed, else every failure together (teardown goes on after an
     /// error and reports them all).
-    fn all_ok(errors: Vec<String>) -> Result<(), EngineError> {
+    pub(crate) fn all_ok(errors: Vec<String>) -> Result<(), EngineError> {
         if errors.is_empty() {
             Ok(())
         } else {
@@ -79,8 +79,18 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Progress events for the CLI to render.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started { what: String },
-    Done { what: String, elapsed: Duration },
+    Started {
+        what: String,
+    },
+    Done {
+        what: String,
+        elapsed: Duration,
+    },
+    /// The operation failed (the error itself comes back from `up`).
+    Failed {
+        what: String,
+        elapsed: Duration,
+    },
 }
 
 /// One row of `ps`.
@@ -108,6 +118,9 @@ pub struct Engine {
     pub volumes: VolumeStore,
     /// The berth binary (started as supervisor; the runtime's helper too).
     pub exe: PathBuf,
+    /// Extra environment for a supervisor this engine starts (e.g. `BERTH_DNS_UPSTREAM`
+    /// set by a test fixture); the supervisor inherits this process's environment too.
+    pub supervisor_env: Vec<(String, String)>,
 }
 
 impl Engine {
@@ -116,8 +129,18 @@ impl Engine {
         let root = Root::new(root);
         let images = ImageStore::open(root.path()).map_err(failed("opening the image store"))?;
         let networks = NetworkManager::new(root.path()).map_err(failed("opening network state"))?;
+        // The runtime's helper is the `berth-shim` installed beside `exe`, else `exe`
+        // itself: `exe` is the berth binary, not necessarily this process (a test
+        // fixture's process is the test binary).
+        let sibling = exe.with_file_name(berth_runtime::HELPER_NAME);
+        let helper = if sibling.is_file() {
+            sibling
+        } else {
+            exe.clone()
+        };
         Ok(Engine {
-            runtime: berth_runtime::Runtime::new(root.containers_dir()),
+            runtime: berth_runtime::Runtime::new(root.containers_dir()).with_helper(helper),
+            supervisor_env: Vec::new(),
             volumes: VolumeStore::new(root.volumes_dir()),
             images: Arc::new(images),
             networks: Arc::new(networks),
@@ -131,7 +154,7 @@ impl Engine {
     }
 
     /// Containers of `project` known to the runtime.
-    async fn project_containers(
+    pub(crate) async fn project_containers(
         &self,
         project: &str,
     ) -> Result<Vec<berth_runtime::Container>, EngineError> {
@@ -150,6 +173,9 @@ impl Engine {
         let mut out = Vec::new();
         for c in self.project_containers(project).await? {
             let l = &c.spec().labels;
+            if l.get(labels::ONEOFF).map(String::as_str) == Some("True") {
+                continue; // `run` containers are not the service's replicas
+            }
             let running = matches!(
                 c.status(),
                 Ok(berth_runtime::Status::Running
@@ -218,6 +244,16 @@ impl Engine {
         plan: Plan,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
     ) -> Result<(), EngineError> {
+        let run = self.new_run(project, events, false)?;
+        execute(run, plan).await
+    }
+
+    fn new_run(
+        self: &Arc<Self>,
+        project: Arc<Project>,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+        oneoff: bool,
+    ) -> Result<Arc<Run>, EngineError> {
         let name = project.name.as_str().to_string();
         let record = state::read_json::<ProjectRecord>(&self.root.project_state(&name))
             .map_err(failed("reading the project record"))?
@@ -225,15 +261,85 @@ impl Engine {
                 project: name.clone(),
                 ..Default::default()
             });
-        let run = Arc::new(Run {
+        Ok(Arc::new(Run {
             engine: self.clone(),
             project,
             record: Mutex::new(record),
-            specs: Mutex::new(HashMap::new()),
             images: Mutex::new(HashMap::new()),
             events,
-        });
-        execute(run, plan).await
+            oneoff,
+        }))
+    }
+
+    /// `run`: create and start the one-off container `name` of `service` (whose config
+    /// the caller has already adjusted: command, env, ports…). Bringing the dependencies
+    /// up is the caller's business (an `up` of them, unless `--no-deps`); with
+    /// `wait_deps`, their `depends_on` conditions (healthy, completed…) are waited for
+    /// before the one-off starts.
+    pub async fn run_oneoff(
+        self: &Arc<Self>,
+        project: Arc<Project>,
+        service: &str,
+        name: &str,
+        wait_deps: bool,
+    ) -> Result<(), EngineError> {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let run = self.new_run(project, tx, true)?;
+        if wait_deps {
+            let svc = run.service(service)?;
+            let all = run.project.services.keys().map(|k| k.to_string()).collect();
+            for d in desired_of(svc, &all).depends_on {
+                run.wait(&d.service, d.condition).await?;
+            }
+        }
+        run.create(service, 1, name).await?;
+        run.start(name).await
+    }
+
+    /// Remove container `name` of the project (a `run --rm` one-off when it exited).
+    pub async fn remove_one(
+        self: &Arc<Self>,
+        project: Arc<Project>,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), EngineError> {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        self.new_run(project, tx, false)?
+            .remove(name, timeout)
+            .await
+    }
+
+    /// Wait until container `name` has exited; its exit code (128+N for a signal).
+    pub async fn wait_exit(&self, name: &str) -> Result<i32, EngineError> {
+        loop {
+            let rt = self.runtime.clone();
+            let n = name.to_string();
+            let status = tokio::task::spawn_blocking(move || rt.get(&n).and_then(|c| c.status()))
+                .await
+                .map_err(failed(format!("container {name}")))?
+                .map_err(failed(format!("container {name}")))?;
+            match status {
+                berth_runtime::Status::Exited(x) => return Ok(x.code),
+                berth_runtime::Status::Dead => {
+                    return Err(EngineError::Invalid(format!("container {name} is dead")))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The volumes `down -v` removes: `declared` (the project's non-external volumes by
+    /// full name) plus every volume labelled with the project or named as its anonymous
+    /// volumes.
+    pub fn project_volumes(&self, project: &str, mut declared: Vec<String>) -> Vec<String> {
+        for v in self.volumes.list().unwrap_or_default() {
+            let labelled = v.labels.get(labels::PROJECT).map(String::as_str) == Some(project);
+            let anonymous = v.name.starts_with(&format!("{project}-")) && v.name.contains("-anon-");
+            if (labelled || anonymous) && !declared.contains(&v.name) {
+                declared.push(v.name);
+            }
+        }
+        declared
     }
 
     /// `down`: stop and remove every container of the project, its networks, its
@@ -295,7 +401,7 @@ impl Engine {
 
     /// Stop, delete and detach one container; idempotent. With `only_networks`, network
     /// state is released only for those networks (the caller tears the rest down at once).
-    async fn remove_container(
+    pub(crate) async fn remove_container(
         &self,
         project: &str,
         id: String,
@@ -305,29 +411,40 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let rt = self.runtime.clone();
         let id2 = id.clone();
+        let (root2, project2) = (self.root.clone(), project.to_string());
         let netns_from_spec =
             tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, EngineError> {
+                let mut gone = None;
                 let netns = match rt.get(&id2) {
                     Ok(c) => {
                         let netns = match &c.spec().network {
                             berth_runtime::Network::Join(p) => Some(p.clone()),
                             _ => None,
                         };
-                        if matches!(
-                            c.status(),
-                            Ok(berth_runtime::Status::Running
-                                | berth_runtime::Status::Paused
-                                | berth_runtime::Status::Created)
-                        ) {
+                        // A created, never started container has nothing to stop.
+                        let started = c.pid().is_some();
+                        if started
+                            && matches!(
+                                c.status(),
+                                Ok(berth_runtime::Status::Running
+                                    | berth_runtime::Status::Paused
+                                    | berth_runtime::Status::Created)
+                            )
+                        {
                             c.stop(timeout)
                                 .map_err(failed(format!("stopping container {id2}")))?;
                         }
+                        super::events::claim_die(&root2, &project2, &c);
+                        gone = Some(c);
                         netns
                     }
                     Err(_) => None,
                 };
                 rt.delete(&id2)
                     .map_err(failed(format!("removing container {id2}")))?;
+                if let Some(c) = &gone {
+                    super::events::emit(&root2, &project2, c, "destroy", &[]);
+                }
                 Ok(netns)
             })
             .await
@@ -355,18 +472,28 @@ impl Engine {
             }
         }
         let netns = rec.and_then(|r| r.netns).or(netns_from_spec);
-        if let Some(ns) = netns {
-            // Only our own pins; a joined `container:`/`service:` netns belongs to its owner.
-            if ns.starts_with(self.root.netns_dir())
+        // Only our own pins; a joined `container:`/`service:` netns belongs to its owner.
+        let own_pin = netns.filter(|ns| {
+            ns.starts_with(self.root.netns_dir())
                 && ns.file_name().map(|f| f == id.as_str()).unwrap_or(false)
-            {
-                if let Err(e) = network::netns::remove_netns(&ns) {
-                    errors.push(chain(&e));
-                }
-            }
+        });
+        // Unmount and unlinks block (2-10 ms each on a busy disk): on a blocking thread,
+        // so `down` removes its containers in parallel instead of one after another.
+        let (rw, files) = (
+            self.rw_dir(&id),
+            self.root.container_files_dir(project, &id),
+        );
+        let pin_err = tokio::task::spawn_blocking(move || {
+            let err = own_pin.and_then(|ns| network::netns::remove_netns(&ns).err());
+            let _ = std::fs::remove_dir_all(rw);
+            let _ = std::fs::remove_dir_all(files);
+            err
+        })
+        .await
+        .map_err(failed(format!("removing container {id}")))?;
+        if let Some(e) = pin_err {
+            errors.push(chain(&e));
         }
-        let _ = std::fs::remove_dir_all(self.rw_dir(&id));
-        let _ = std::fs::remove_dir_all(self.root.container_files_dir(project, &id));
         debug!(container = %id, "removed");
         EngineError::all_ok(errors)
     }
@@ -399,17 +526,9 @@ impl Engine {
             if !services.is_empty() && !services.contains(&svc) {
                 continue;
             }
+            let (root, project) = (self.root.clone(), project.to_string());
             tasks.push(tokio::task::spawn_blocking(move || {
-                if matches!(
-                    c.status(),
-                    Ok(berth_runtime::Status::Running | berth_runtime::Status::Paused)
-                ) {
-                    c.stop(timeout)
-                        .map(|_| ())
-                        .map_err(failed(format!("stopping {}", c.id())))
-                } else {
-                    Ok(())
-                }
+                super::verbs::stop_one(&root, &project, &c, timeout)
             }));
         }
         let mut errors = Vec::new();
@@ -547,6 +666,28 @@ impl Engine {
     }
 }
 
+/// Start an existing container that is not running: a created one for the first time, a
+/// stopped one again with the same spec and writable layer, as `docker start` does.
+pub(crate) fn start_in_place(
+    rt: &berth_runtime::Runtime,
+    root: &Root,
+    project: &str,
+    c: &berth_runtime::Container,
+) -> Result<berth_runtime::Container, EngineError> {
+    let id = c.id().to_string();
+    if matches!(c.status(), Ok(berth_runtime::Status::Created)) && c.pid().is_none() {
+        return rt
+            .start(&id)
+            .map_err(failed(format!("starting container {id}")));
+    }
+    super::events::claim_die(root, project, c);
+    let spec = c.spec().clone();
+    rt.delete(&id)
+        .map_err(failed(format!("starting container {id}")))?;
+    rt.run(&spec)
+        .map_err(failed(format!("starting container {id}")))
+}
+
 /// The services an `up` works on: the named ones and (unless `no_deps`) everything they
 /// depend on; all services when none is named.
 pub fn select_services(
@@ -604,6 +745,7 @@ fn desired_of(s: &Service, chosen: &BTreeSet<String>) -> Desired {
                     C::ServiceCompletedSuccessfully => Condition::CompletedSuccessfully,
                 },
                 required: d.required,
+                restart: d.restart,
             })
             .collect(),
     }
@@ -614,10 +756,11 @@ struct Run {
     engine: Arc<Engine>,
     project: Arc<Project>,
     record: Mutex<ProjectRecord>,
-    /// Specs made by `Create`, consumed by `Start`.
-    specs: Mutex<HashMap<String, berth_runtime::ContainerSpec>>,
     images: Mutex<HashMap<String, Arc<Image>>>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
+    /// Containers made by this run are `run` one-offs: labelled `oneoff=True`, no
+    /// service-name DNS alias, no restart policy, ignored by convergence.
+    oneoff: bool,
 }
 
 type StepFuture = Shared<BoxFuture<'static, Result<(), Arc<String>>>>;
@@ -649,7 +792,13 @@ async fn execute(run: Arc<Run>, plan: Plan) -> Result<(), EngineError> {
                     });
                     Ok(())
                 }
-                Err(e) => Err(Arc::new(format!("{what}: {}", chain(&e)))),
+                Err(e) => {
+                    let _ = run.events.send(Event::Failed {
+                        what: what.clone(),
+                        elapsed: t.elapsed(),
+                    });
+                    Err(Arc::new(format!("{what}: {}", chain(&e))))
+                }
             }
         }
         .boxed()
@@ -689,34 +838,66 @@ impl Run {
         match op {
             Op::EnsureNetworks => self.ensure_networks().await,
             Op::EnsureImage { service } => self.ensure_image(service).await.map(|_| ()),
-            Op::Remove { id, .. } => {
-                // Marked stopped first, so no restart policy brings it back mid-removal.
-                let rec = {
-                    let mut r = self.record.lock().await;
-                    for c in r.containers.iter_mut().filter(|c| &c.id == id) {
-                        c.stopped = true;
-                    }
-                    let rec = r.containers.iter().find(|c| &c.id == id).cloned();
-                    if rec.is_some() {
-                        self.save(&r).await?;
-                    }
-                    rec
-                };
-                self.engine
-                    .remove_container(self.name(), id.clone(), rec, Duration::from_secs(10), None)
-                    .await?;
-                let mut r = self.record.lock().await;
-                r.containers.retain(|c| &c.id != id);
-                self.save(&r).await
-            }
+            Op::Remove { id, .. } => self.remove(id, Duration::from_secs(10)).await,
             Op::Create {
                 service,
                 number,
                 name,
             } => self.create(service, *number, name).await,
             Op::Start { name, .. } => self.start(name).await,
+            Op::Restart { name, .. } => self.restart(name).await,
             Op::Wait { service, condition } => self.wait(service, *condition).await,
         }
+    }
+
+    /// Stop and remove container `id` and its record entry (its DNS names go with it).
+    async fn remove(&self, id: &str, timeout: Duration) -> Result<(), EngineError> {
+        // Marked stopped first, so no restart policy brings it back mid-removal.
+        let rec = {
+            let mut r = self.record.lock().await;
+            for c in r.containers.iter_mut().filter(|c| c.id == id) {
+                c.stopped = true;
+            }
+            let rec = r.containers.iter().find(|c| c.id == id).cloned();
+            if rec.is_some() {
+                self.save(&r).await?;
+            }
+            rec
+        };
+        self.engine
+            .remove_container(self.name(), id.to_string(), rec, timeout, None)
+            .await?;
+        let mut r = self.record.lock().await;
+        r.containers.retain(|c| c.id != id);
+        self.save(&r).await
+    }
+
+    /// Stop container `name` (marked stopped first, so no restart policy races us), then
+    /// start it again with the same spec and writable layer.
+    async fn restart(&self, name: &str) -> Result<(), EngineError> {
+        {
+            let mut r = self.record.lock().await;
+            for c in r.containers.iter_mut().filter(|c| c.id == name) {
+                c.stopped = true;
+            }
+            self.save(&r).await?;
+        }
+        let rt = self.engine.runtime.clone();
+        let n = name.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+            let c = rt.get(&n).map_err(failed(format!("container {n}")))?;
+            if matches!(
+                c.status(),
+                Ok(berth_runtime::Status::Running | berth_runtime::Status::Paused)
+            ) {
+                c.stop(Duration::from_secs(10))
+                    .map_err(failed(format!("stopping container {n}")))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(failed(format!("restarting container {name}")))??;
+        self.start(name).await
     }
 
     /// Persist the record and have the supervisor apply it (DNS names change now).
@@ -724,7 +905,7 @@ impl Run {
         let e = &self.engine;
         state::write_json(&e.root.project_state(self.name()), r)
             .map_err(failed("writing the project record"))?;
-        supervisor::ensure(&e.root, self.name(), &e.exe)
+        supervisor::ensure(&e.root, self.name(), &e.exe, &e.supervisor_env)
             .await
             .map_err(failed("starting the project supervisor"))?;
         supervisor::request(&e.root, self.name(), &super::protocol::Request::Reload)
@@ -1028,12 +1209,19 @@ impl Run {
                         })
                     })
                     .transpose()?;
+                let mac = super::netcfg::mac_address(&svc, i, opts.as_ref())
+                    .map_err(EngineError::Invalid)?;
                 let att = e
                     .networks
-                    .attach(&info, &netns, name, i as u32, ipv4, None)
+                    .attach(&info, &netns, name, i as u32, ipv4, mac)
                     .await
                     .map_err(failed(format!("attaching {name} to network {}", info.name)))?;
-                let mut names = vec![svc.name.clone(), name.to_string()];
+                // A `run` one-off answers to its own name only, not the service's.
+                let mut names = if self.oneoff {
+                    vec![name.to_string()]
+                } else {
+                    vec![svc.name.clone(), name.to_string()]
+                };
                 if let Some(cn) = &svc.container_name {
                     names.push(cn.clone());
                 }
@@ -1049,6 +1237,7 @@ impl Run {
                     ifname: att.ifname.clone(),
                     host_veth: att.host_veth.clone(),
                     dns_names: names,
+                    link_aliases: super::netcfg::link_aliases(&svc, &r, &e.networks),
                 });
             }
         }
@@ -1367,6 +1556,10 @@ impl Run {
             working_dir: self.project.working_dir.clone(),
             config_files: self.project.compose_files.clone(),
             rw_dir: rw,
+            oneoff: self.oneoff,
+            // Beside the generated /etc files (removed with the container, kept across
+            // restarts); not visible inside the container.
+            log_path: Some(files_dir.join("container.log")),
             netns: match &mode {
                 network::mode::NetworkMode::Host => None,
                 _ => netns.clone(),
@@ -1391,7 +1584,11 @@ impl Run {
                 config_hash: placement.config_hash.clone(),
                 netns: if own_pin { netns.clone() } else { None },
                 attachments: attachments.clone(),
-                restart: svc.restart.to_string(),
+                restart: if self.oneoff {
+                    "no".into()
+                } else {
+                    svc.restart.to_string()
+                },
                 stopped: false,
             });
             self.save(&r).await?;
@@ -1409,12 +1606,26 @@ impl Run {
                 .await
                 .map_err(failed(format!("publishing ports of {name}")))?;
         }
-        self.specs.lock().await.insert(name.to_string(), cspec);
+        super::events::emit_for(
+            &e.root,
+            &project,
+            name,
+            service,
+            svc.image.as_deref().unwrap_or(""),
+            "create",
+            &[],
+        );
+        // The runtime keeps the created container (`ps` shows it, `start` starts it,
+        // `down`/`rm` remove it), as `docker create` does.
+        let rt = e.runtime.clone();
+        tokio::task::spawn_blocking(move || rt.create(&cspec))
+            .await
+            .map_err(failed(format!("creating container {name}")))?
+            .map_err(failed(format!("creating container {name}")))?;
         Ok(())
     }
 
     async fn start(&self, name: &str) -> Result<(), EngineError> {
-        let spec = self.specs.lock().await.remove(name);
         {
             // Started by `up` again: its restart policy applies again.
             let mut r = self.record.lock().await;
@@ -1433,23 +1644,13 @@ impl Run {
         }
         let rt = self.engine.runtime.clone();
         let name2 = name.to_string();
+        let (root2, project2) = (self.engine.root.clone(), self.name().to_string());
         tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-            let spec = match spec {
-                Some(s) => s,
-                None => {
-                    // An existing, stopped container: start it again with the same spec
-                    // and writable layer, as `docker start` does.
-                    let old = rt
-                        .get(&name2)
-                        .map_err(failed(format!("container {name2}")))?;
-                    let s = old.spec().clone();
-                    rt.delete(&name2)
-                        .map_err(failed(format!("container {name2}")))?;
-                    s
-                }
-            };
-            rt.run(&spec)
-                .map_err(failed(format!("starting container {name2}")))?;
+            let old = rt
+                .get(&name2)
+                .map_err(failed(format!("container {name2}")))?;
+            let c = start_in_place(&rt, &root2, &project2, &old)?;
+            super::events::emit(&root2, &project2, &c, "start", &[]);
             Ok(())
         })
         .await

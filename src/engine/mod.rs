@@ -12,14 +12,19 @@
 //! - [`supervisor`] / [`protocol`]: the per-project supervisor and its socket protocol
 //! - [`dns`]: the supervisor's DNS listeners
 //! - [`restart`]: the supervisor's restart policies
+//! - [`verbs`]: start, restart, kill, pause, rm, top, port, wait, ls, images, cp, pull
+//! - [`events`]: the project's container events log (`berth events`)
 
 pub mod dns;
+pub mod events;
 pub mod health;
 pub mod lifecycle;
+pub mod netcfg;
 pub mod protocol;
 pub mod restart;
 pub mod spec;
 pub mod supervisor;
+pub mod verbs;
 
 pub use lifecycle::{Engine, EngineError, Event, PsRow};
 
@@ -28,8 +33,10 @@ pub async fn run_supervisor(root: &crate::state::Root, project: &str) -> anyhow:
     let upstream = dns::upstream_from_env().map_err(anyhow::Error::msg)?;
     let services = dns::DnsServices::new(project, upstream);
     let monitor = tokio::spawn(restart::monitor(root.clone(), project.to_string()));
+    let dies = tokio::spawn(events::watch_dies(root.clone(), project.to_string()));
     let served = supervisor::serve(root, project, services).await;
     monitor.abort();
+    dies.abort();
     served?;
     Ok(())
 }

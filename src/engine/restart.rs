@@ -119,12 +119,17 @@ pub async fn monitor(root: Root, project: String) {
             }
             let rt = runtime.clone();
             let id = c.id.clone();
+            let (root2, project2) = (root.clone(), project.clone());
             let res =
                 tokio::task::spawn_blocking(move || -> Result<(), berth_runtime::RuntimeError> {
                     let old = rt.get(&id)?;
+                    // Its die event before the state dir goes.
+                    super::events::claim_die(&root2, &project2, &old);
                     let spec = old.spec().clone();
                     rt.delete(&id)?;
-                    rt.run(&spec)?;
+                    let new = rt.run(&spec)?;
+                    super::events::emit(&root2, &project2, &new, "start", &[]);
+                    super::events::emit(&root2, &project2, &new, "restart", &[]);
                     Ok(())
                 })
                 .await;

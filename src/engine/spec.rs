@@ -54,6 +54,11 @@ pub struct Placement {
     pub config_files: Vec<PathBuf>,
     /// The container's writable layer: `upper` and `work` are created by the caller.
     pub rw_dir: PathBuf,
+    /// A `run` one-off (label `com.docker.compose.oneoff=True`).
+    pub oneoff: bool,
+    /// The JSON-lines log file, outside the runtime's state dir so that it outlives a
+    /// restart (stop + start) like Docker's; `None`: the runtime's default.
+    pub log_path: Option<PathBuf>,
     /// Pinned network namespace to join; `None` = the runtime makes an empty one.
     pub netns: Option<PathBuf>,
     /// Generated `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname` to bind in.
@@ -135,7 +140,10 @@ pub fn container_spec(
     labels.insert(labels::PROJECT.into(), p.project.clone());
     labels.insert(labels::SERVICE.into(), service.name.clone());
     labels.insert(labels::NUMBER.into(), p.number.to_string());
-    labels.insert(labels::ONEOFF.into(), "False".into());
+    labels.insert(
+        labels::ONEOFF.into(),
+        if p.oneoff { "True" } else { "False" }.into(),
+    );
     labels.insert(labels::CONFIG_HASH.into(), p.config_hash.clone());
     labels.insert(
         labels::WORKING_DIR.into(),
@@ -250,7 +258,7 @@ pub fn container_spec(
         rlimits,
         sysctls: service.sysctls.clone(),
         read_only_rootfs: service.read_only,
-        tty: false,
+        tty: service.tty,
         stop_signal: service
             .stop_signal
             .clone()
@@ -258,7 +266,7 @@ pub fn container_spec(
         init: service.init.unwrap_or(false),
         oom_score_adj: service.oom_score_adj.and_then(|v| i32::try_from(v).ok()),
         log: LogConfig {
-            path: None,
+            path: p.log_path.clone(),
             max_size: Some(10 * 1024 * 1024),
             max_files: Some(3),
         },

@@ -193,8 +193,14 @@ pub async fn request(
 
 /// Make sure a supervisor serves `project`, starting one (`exe __supervise`, detached in
 /// its own session so it outlives this CLI and a terminal's Ctrl-C) if none answers.
+/// `env` is added to the supervisor's environment (e.g. `BERTH_DNS_UPSTREAM`).
 /// Returns its pid.
-pub async fn ensure(root: &Root, project: &str, exe: &Path) -> Result<u32, SupervisorError> {
+pub async fn ensure(
+    root: &Root,
+    project: &str,
+    exe: &Path,
+    env: &[(String, String)],
+) -> Result<u32, SupervisorError> {
     if let Some(r) = request(root, project, &Request::Ping).await? {
         return Ok(r.pid);
     }
@@ -214,11 +220,12 @@ pub async fn ensure(root: &Root, project: &str, exe: &Path) -> Result<u32, Super
         .open(&log_path)
         .map_err(io("open the supervisor log"))?;
     let log2 = log.try_clone().map_err(io("open the supervisor log"))?;
-    let mut cmd = std::process::Command::new(exe);
+    let mut cmd = std::process::Command::new(supervisor_exe(exe));
     cmd.arg("--root")
         .arg(root.path())
         .arg("__supervise")
         .arg(project)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -297,4 +304,92 @@ fn is_zombie(pid: u32) -> bool {
                 .map(|(_, r)| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+/// File name of the dedicated supervisor binary, installed beside `berth`.
+pub const SUPERVISOR_NAME: &str = "berth-supervisor";
+
+/// What [`ensure`] runs: `berth-supervisor` beside `exe` when it is installed (it links
+/// only the supervisor, so it stays resident at about half the size), else `exe` itself.
+fn supervisor_exe(exe: &Path) -> PathBuf {
+    let small = exe.with_file_name(SUPERVISOR_NAME);
+    if small != exe && small.is_file() {
+        small
+    } else {
+        exe.to_path_buf()
+    }
+}
+
+/// Entry point of the supervisor process (`berth-supervisor`, or `cli::main` before the
+/// CLI parser runs) when the command line is exactly what [`ensure`] spawns: `--root DIR
+/// __supervise PROJECT`. `None` for anything else (the clap `__supervise` command covers
+/// other spellings, on the CLI's runtime).
+///
+/// Sized for a process that lives as long as the project (issue #9: supervisor and 10
+/// shims ≤ 15 MB RSS): one glibc malloc arena instead of one per thread; a current-thread
+/// tokio runtime (a DNS answer takes microseconds; blocking work goes to a small pool
+/// whose idle threads exit after a second); and no clap command tree built, so fewer
+/// pages of the binary are ever touched.
+pub fn main_if_supervising() -> Option<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let mut args = std::env::args_os().skip(1);
+    let (flag, root, mode, project) = (args.next()?, args.next()?, args.next()?, args.next()?);
+    if flag != "--root" || mode != "__supervise" || args.next().is_some() {
+        return None;
+    }
+    let project = project.into_string().ok()?;
+    // SAFETY: mallopt before any other thread exists; M_ARENA_MAX only caps how many
+    // arenas later threads may create.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .thread_keep_alive(Duration::from_secs(1))
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!(
+                "berth: supervisor of project {project}: cannot start the async runtime: {e}"
+            );
+            return Some(ExitCode::FAILURE);
+        }
+    };
+    let root = Root::new(PathBuf::from(root));
+    Some(match rt.block_on(super::run_supervisor(&root, &project)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berth: supervisor of project {project}: {e:#}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervisor_runs_from_the_small_binary_when_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let berth = dir.path().join("berth");
+        std::fs::write(&berth, b"").unwrap();
+        assert_eq!(supervisor_exe(&berth), berth, "falls back to berth itself");
+        let small = dir.path().join(SUPERVISOR_NAME);
+        std::fs::write(&small, b"").unwrap();
+        assert_eq!(supervisor_exe(&berth), small);
+        // A directory of that name is not a binary.
+        std::fs::remove_file(&small).unwrap();
+        std::fs::create_dir(&small).unwrap();
+        assert_eq!(supervisor_exe(&berth), berth);
+    }
 }

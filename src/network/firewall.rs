@@ -276,19 +276,33 @@ pub fn bridge_sysctls(bridge: &str) -> Result<(), FirewallError> {
 /// old target (stale UDP flows, network-eval P5). "0 entries deleted" is success.
 pub async fn flush_conntrack(subnets: &[Ipv4Net], ports: &[(Protocol, u16)]) {
     let mut jobs: Vec<Vec<String>> = Vec::new();
+    // Spawning `conntrack` costs ~10-20 ms per job; when the kernel's table can be read
+    // and holds no matching entry (the usual `down` of a project nobody talked to through
+    // the host), there is nothing to delete.
+    let table = tokio::fs::read_to_string("/proc/net/nf_conntrack")
+        .await
+        .ok();
     for s in subnets {
-        jobs.push(vec!["-D".into(), "-s".into(), s.to_string()]);
+        if table.as_deref().is_none_or(|t| conntrack_has_subnet(t, s)) {
+            jobs.push(vec!["-D".into(), "-s".into(), s.to_string()]);
+        }
     }
     for (proto, port) in ports {
-        jobs.push(vec![
-            "-D".into(),
-            "-p".into(),
-            proto.as_str().into(),
-            "--orig-port-dst".into(),
-            port.to_string(),
-        ]);
+        if table
+            .as_deref()
+            .is_none_or(|t| conntrack_has_port(t, *proto, *port))
+        {
+            jobs.push(vec![
+                "-D".into(),
+                "-p".into(),
+                proto.as_str().into(),
+                "--orig-port-dst".into(),
+                port.to_string(),
+            ]);
+        }
     }
-    for args in jobs {
+    // Independent deletions: run them at once.
+    futures::future::join_all(jobs.into_iter().map(|args| async move {
         match tokio::process::Command::new("conntrack")
             .args(&args)
             .stdout(Stdio::null())
@@ -299,7 +313,38 @@ pub async fn flush_conntrack(subnets: &[Ipv4Net], ports: &[(Protocol, u16)]) {
             Ok(_) => debug!(?args, "flushed conntrack"),
             Err(e) => warn!(?args, error = %e, "cannot run conntrack; stale flows may remain"),
         }
-    }
+    }))
+    .await;
+}
+
+/// Whether a `/proc/net/nf_conntrack` text has an entry with an address of `subnet` (any
+/// `src=`: a superset of what `conntrack -D -s` deletes).
+fn conntrack_has_subnet(table: &str, subnet: &Ipv4Net) -> bool {
+    table.lines().any(|l| {
+        // The bridge's own IGMP reports (src=<gateway> dst=224.0.0.22) are not flows of
+        // the project: a multicast destination does not count.
+        let multicast = l
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("dst="))
+            .and_then(|a| a.parse::<std::net::Ipv4Addr>().ok())
+            .is_some_and(|a| a.is_multicast());
+        !multicast
+            && l.split_whitespace()
+                .filter_map(|w| w.strip_prefix("src="))
+                .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+                .any(|a| subnet.contains(&a))
+    })
+}
+
+/// Whether a `/proc/net/nf_conntrack` text has a `proto` entry with destination port
+/// `port` (any `dport=`: a superset of `conntrack -D --orig-port-dst`).
+fn conntrack_has_port(table: &str, proto: Protocol, port: u16) -> bool {
+    let dport = format!("dport={port}");
+    table.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        // "ipv4 2 tcp 6 ..."
+        w.nth(2) == Some(proto.as_str()) && l.split_whitespace().any(|x| x == dport)
+    })
 }
 
 const COMMENT_PREFIX: &str = "berth:";
@@ -393,34 +438,40 @@ pub async fn allow_bridges(
 }
 
 /// Removes every accept tagged for this project from DOCKER-USER, FORWARD and INPUT.
+/// One `iptables -S` lists every chain of the filter table (one spawn, not three).
 pub async fn remove_accepts(project: &str) -> Result<(), FirewallError> {
     let tag = format!("\"{COMMENT_PREFIX}{project}\"");
     let tag_bare = format!("{COMMENT_PREFIX}{project} ");
-    for chain in ["DOCKER-USER", "FORWARD", "INPUT"] {
-        let Ok(out) = iptables(&["-S", chain]).await else {
-            return Ok(()); // no iptables at all
-        };
-        if !out.status.success() {
+    let Ok(out) = iptables(&["-S"]).await else {
+        return Ok(()); // no iptables at all
+    };
+    if !out.status.success() {
+        return Ok(());
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let l = format!("{line} ");
+        if !(l.contains(&tag) || l.contains(&tag_bare)) {
             continue;
         }
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let l = format!("{line} ");
-            if !(l.contains(&tag) || l.contains(&tag_bare)) || !line.starts_with("-A ") {
-                continue;
-            }
-            let args: Vec<String> = shell_split(&line[3..]);
-            let mut full = vec!["-D".to_owned()];
-            full.extend(args);
-            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-            let del = iptables(&refs).await?;
-            if !del.status.success() {
-                return Err(FirewallError::Iptables {
-                    chain: chain.into(),
-                    stderr: String::from_utf8_lossy(&del.stderr).trim().to_owned(),
-                });
-            }
-            debug!(chain, rule = line, "removed iptables accept");
+        let Some(rest) = line.strip_prefix("-A ") else {
+            continue;
+        };
+        let chain = rest.split_whitespace().next().unwrap_or_default();
+        if !matches!(chain, "DOCKER-USER" | "FORWARD" | "INPUT") {
+            continue;
         }
+        let args: Vec<String> = shell_split(rest);
+        let mut full = vec!["-D".to_owned()];
+        full.extend(args);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let del = iptables(&refs).await?;
+        if !del.status.success() {
+            return Err(FirewallError::Iptables {
+                chain: chain.into(),
+                stderr: String::from_utf8_lossy(&del.stderr).trim().to_owned(),
+            });
+        }
+        debug!(chain, rule = line, "removed iptables accept");
     }
     Ok(())
 }
@@ -556,5 +607,23 @@ table inet berth_p {
                 "ACCEPT"
             ]
         );
+    }
+
+    #[test]
+    fn conntrack_table_matching() {
+        let t = "ipv4     2 tcp      6 431999 ESTABLISHED src=172.18.0.2 dst=10.0.0.1 sport=40000 dport=80 src=10.0.0.1 dst=172.18.0.2 sport=80 dport=40000 [ASSURED] mark=0 zone=0 use=2\n\
+ipv4     2 udp      17 29 src=127.0.0.1 dst=127.0.0.1 sport=5000 dport=18053 src=172.19.0.3 dst=172.19.0.1 sport=53 dport=5000 mark=0 zone=0 use=2\n";
+        assert!(conntrack_has_subnet(t, &"172.18.0.0/16".parse().unwrap()));
+        assert!(conntrack_has_subnet(t, &"172.19.0.0/16".parse().unwrap()));
+        assert!(!conntrack_has_subnet(t, &"172.20.0.0/16".parse().unwrap()));
+        assert!(conntrack_has_port(t, Protocol::Udp, 18053));
+        assert!(!conntrack_has_port(t, Protocol::Tcp, 18053));
+        assert!(!conntrack_has_port(t, Protocol::Udp, 1805));
+        assert!(!conntrack_has_subnet("", &"172.18.0.0/16".parse().unwrap()));
+        let igmp = "ipv4     2 unknown  2 599 src=172.17.0.1 dst=224.0.0.22 [UNREPLIED] src=224.0.0.22 dst=172.17.0.1 mark=0 zone=0 use=2\n";
+        assert!(!conntrack_has_subnet(
+            igmp,
+            &"172.17.0.0/16".parse().unwrap()
+        ));
     }
 }

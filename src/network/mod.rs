@@ -269,6 +269,19 @@ fn valid_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// Whether an executable `name` is on `PATH`.
+fn in_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p).any(|d| {
+                std::fs::metadata(d.join(name))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+        .unwrap_or(false)
+}
+
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -287,12 +300,9 @@ impl NetworkManager {
     /// Opens the host netlink socket. Call inside a tokio runtime.
     /// The port backend is nftables when the `nft` binary runs, else the userland proxy.
     pub fn new(root: &Path) -> Result<Self, NetworkError> {
-        let nft = std::process::Command::new("nft")
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        // A PATH lookup, not `nft --version`: every CLI command makes a manager, and a
+        // spawn costs 5-10 ms.
+        let nft = in_path("nft");
         if !nft {
             tracing::warn!("nft not found: published ports use the userland proxy, and projects are not isolated");
         }
@@ -448,7 +458,13 @@ impl NetworkManager {
                 }
             };
             self.links
-                .ensure_bridge(&rec.bridge, rec.gateway, rec.subnet.prefix_len(), rec.mtu)
+                .ensure_bridge(
+                    &rec.bridge,
+                    rec.gateway,
+                    rec.subnet.prefix_len(),
+                    rec.mtu,
+                    link::link_group(&rec.project),
+                )
                 .await?;
             firewall::bridge_sysctls(&rec.bridge)?;
             self.sync_firewall(&rec.project).await?;
@@ -514,6 +530,7 @@ impl NetworkManager {
                                 rec.gateway,
                                 rec.subnet.prefix_len(),
                                 rec.mtu,
+                                link::link_group(&rec.project),
                             )
                             .await?
                     }
@@ -789,32 +806,45 @@ impl NetworkManager {
                 Err(e) => return Err(vec![e.into()]),
             };
             let recs: Vec<NetworkRecord> = recs;
-            if self.backend == PortBackend::Nftables {
-                if let Err(e) = firewall::delete(&firewall::table_name(project)).await {
-                    errs.push(e.into());
-                }
-            }
-            if let Err(e) = firewall::remove_accepts(project).await {
-                errs.push(e.into());
-            }
             self.stop_proxies(&ports);
             let subnets: Vec<Ipv4Net> = recs.iter().map(|r| r.subnet).collect();
             let pports: Vec<(Protocol, u16)> =
                 ports.iter().map(|r| (r.protocol, r.host_port)).collect();
-            firewall::flush_conntrack(&subnets, &pports).await;
             let netns_dir = self.root.join("netns");
-            // One group delete for all host veths of the project; the per-veth deletes
-            // below then only find stragglers (e.g. veths made before a rename).
-            if let Err(e) = self.links.delete_group(link::link_group(project)).await {
-                errs.push(e.into());
-            }
-            for rec in &recs {
-                for le in rec.leases.values() {
-                    if let Some(v) = &le.host_veth {
-                        if let Err(e) = self.links.delete(v).await {
-                            errs.push(e.into());
-                        }
+            // Independent parts run at once (each costs a process spawn or an RCU grace
+            // period): the iptables accepts and conntrack alongside the nft table and the
+            // links. Links go after the table (netavark's order: no window where rules
+            // point at a bridge name that a new network could reuse).
+            let firewall = async {
+                let mut errs: Vec<NetworkError> = Vec::new();
+                if self.backend == PortBackend::Nftables {
+                    if let Err(e) = firewall::delete(&firewall::table_name(project)).await {
+                        errs.push(e.into());
                     }
+                }
+                errs
+            };
+            let accepts = async {
+                firewall::remove_accepts(project)
+                    .await
+                    .err()
+                    .map(NetworkError::from)
+            };
+            let conntrack = firewall::flush_conntrack(&subnets, &pports);
+            let links = async {
+                let mut errs: Vec<NetworkError> = Vec::new();
+                // One group delete for all host veths of the project; the per-veth
+                // deletes then only find stragglers (e.g. veths made before a rename).
+                if let Err(e) = self.links.delete_group(link::link_group(project)).await {
+                    errs.push(e.into());
+                }
+                let veths = recs
+                    .iter()
+                    .flat_map(|r| r.leases.values())
+                    .filter_map(|le| le.host_veth.as_deref());
+                let deleted = futures::future::join_all(veths.map(|v| self.links.delete(v))).await;
+                errs.extend(deleted.into_iter().filter_map(|r| r.err().map(Into::into)));
+                for le in recs.iter().flat_map(|r| r.leases.values()) {
                     if let Some(p) = &le.netns {
                         if p.starts_with(&netns_dir) {
                             if let Err(e) = netns::remove_netns(p) {
@@ -823,10 +853,23 @@ impl NetworkManager {
                         }
                     }
                 }
-                if let Err(e) = self.links.delete(&rec.bridge).await {
-                    errs.push(e.into());
-                }
-            }
+                errs
+            };
+            // The project's link group holds its veths and the bridges berth made: one
+            // delete (one RCU wait) after the table is gone; per-name deletes then only
+            // find stragglers (links made before a rename, adopted bridges).
+            let ordered = async {
+                let fw = firewall.await;
+                (fw, links.await)
+            };
+            let ((fw_errs, link_errs), accept_err, ()) =
+                futures::join!(ordered, accepts, conntrack);
+            errs.extend(fw_errs);
+            errs.extend(accept_err);
+            errs.extend(link_errs);
+            let bridges =
+                futures::future::join_all(recs.iter().map(|r| self.links.delete(&r.bridge))).await;
+            errs.extend(bridges.into_iter().filter_map(|r| r.err().map(Into::into)));
             match self.store.lock() {
                 Ok(l) => {
                     for rec in &recs {

@@ -35,6 +35,9 @@ pub struct Dependency {
     pub condition: Condition,
     /// `required: false` dependencies may be missing from the project.
     pub required: bool,
+    /// `restart: true` (and implied by links and `service:` namespaces): when `up`
+    /// recreates the dependency, this service's running containers are restarted.
+    pub restart: bool,
 }
 
 /// What to wait for before a dependent starts.
@@ -98,6 +101,9 @@ pub enum Op {
     },
     /// Start container `name`.
     Start { service: String, name: String },
+    /// Stop and start again container `name` (kept, not recreated): a dependency with
+    /// `restart: true` was recreated.
+    Restart { service: String, name: String },
     /// Wait until every container of `service` is in `condition`.
     Wait {
         service: String,
@@ -113,6 +119,7 @@ impl fmt::Display for Op {
             Op::Remove { id, .. } => write!(f, "remove container {id}"),
             Op::Create { name, .. } => write!(f, "create container {name}"),
             Op::Start { name, .. } => write!(f, "start container {name}"),
+            Op::Restart { name, .. } => write!(f, "restart container {name}"),
             Op::Wait { service, condition } => write!(f, "wait for {service} {condition}"),
         }
     }
@@ -272,6 +279,11 @@ pub fn reconcile(
             gate.push(w);
         }
 
+        // A recreated `restart: true` dependency restarts this service's kept containers.
+        let restart_for_deps = d
+            .depends_on
+            .iter()
+            .any(|dep| dep.restart && recreated.contains(&dep.service));
         let mut mine: Vec<&Observed> = observed.iter().filter(|o| o.service == d.service).collect();
         mine.sort_by_key(|o| o.number);
         let mut done = Vec::new();
@@ -296,6 +308,14 @@ pub fn reconcile(
                     } else if !o.running && !opts.no_start {
                         done.push(plan.push(
                             Op::Start {
+                                service: d.service.clone(),
+                                name: o.id.clone(),
+                            },
+                            gate.clone(),
+                        ));
+                    } else if restart_for_deps && o.running && !opts.no_start {
+                        done.push(plan.push(
+                            Op::Restart {
                                 service: d.service.clone(),
                                 name: o.id.clone(),
                             },
@@ -359,6 +379,7 @@ mod tests {
                     service: s.to_string(),
                     condition: *c,
                     required: true,
+                    restart: false,
                 })
                 .collect(),
         }
@@ -470,6 +491,43 @@ mod tests {
         let o = ops(&reconcile("p", &d, &o, &UpOptions::default()).unwrap());
         assert!(o.contains(&"start container p-web-1".to_string()));
         assert!(!o.iter().any(|s| s.starts_with("create")));
+    }
+
+    #[test]
+    fn recreated_dependency_restarts_dependents_that_ask_for_it() {
+        let mut web = svc("web", "h", &[("db", Condition::Started)]);
+        let plain = svc("api", "h", &[("db", Condition::Started)]);
+        web.depends_on[0].restart = true;
+        let d = vec![svc("db", "new", &[]), web, plain];
+        let o = vec![
+            obs("db", 1, "old", true),
+            obs("web", 1, "h", true),
+            obs("api", 1, "h", true),
+        ];
+        let plan = reconcile("p", &d, &o, &UpOptions::default()).unwrap();
+        let names = ops(&plan);
+        let r = names
+            .iter()
+            .position(|x| x == "restart container p-web-1")
+            .unwrap_or_else(|| panic!("{names:?}"));
+        assert!(!names.iter().any(|x| x.contains("p-api-1")), "{names:?}");
+        // The restart comes after db's new container has started.
+        let start_db = names
+            .iter()
+            .position(|x| x == "start container p-db-1")
+            .unwrap();
+        let mut reach = plan.steps[r].after.clone();
+        let mut seen = BTreeSet::new();
+        while let Some(i) = reach.pop() {
+            if seen.insert(i) {
+                reach.extend(plan.steps[i].after.iter().copied());
+            }
+        }
+        assert!(seen.contains(&start_db), "{plan}");
+        // No recreation of db: nothing to restart.
+        let same = vec![svc("db", "old", &[]), d[1].clone()];
+        let names = ops(&reconcile("p", &same, &o, &UpOptions::default()).unwrap());
+        assert!(!names.iter().any(|x| x.starts_with("restart")), "{names:?}");
     }
 
     #[test]

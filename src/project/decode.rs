@@ -77,6 +77,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "environment",
     "expose",
     "extends",
+    "external_links",
     "extra_hosts",
     "group_add",
     "healthcheck",
@@ -87,6 +88,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "labels",
     "links",
     "logging",
+    "mac_address",
     "mem_limit",
     "mem_reservation",
     "memswap_limit",
@@ -134,11 +136,9 @@ pub const SERVICE_REFUSED: &[&str] = &[
     "develop",
     "device_cgroup_rules",
     "devices",
-    "external_links",
     "gpus",
     "isolation",
     "label_file",
-    "mac_address",
     "mem_swappiness",
     "models",
     "oom_kill_disable",
@@ -845,11 +845,13 @@ fn service(
     s.dns_search = f.string_or_list("dns_search")?;
     s.domainname = f.string("domainname")?;
     s.expose = f.list("expose")?;
+    s.external_links = f.list("external_links")?;
     s.group_add = f.list("group_add")?;
     s.hostname = f.string("hostname")?;
     s.init = f.bool("init")?;
     s.ipc = f.string("ipc")?;
     s.labels = f.dict("labels")?;
+    s.mac_address = f.string("mac_address")?;
     if let Some(reserved) = s
         .labels
         .keys()
@@ -1671,6 +1673,17 @@ fn mount(n: &Node, path: &str, cx: &Context<'_>) -> Result<Mount> {
 
 fn is_host_path(s: &str) -> bool {
     s.starts_with('.') || s.starts_with('/') || s.starts_with('~')
+}
+
+/// A `-v SOURCE:TARGET[:MODE]` flag (`berth run -v`), with relative host paths resolved
+/// against `dir`; the same rules as the `volumes:` short syntax.
+pub fn parse_short_mount(
+    spec: &str,
+    project: &ProjectName,
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+) -> std::result::Result<Mount, String> {
+    short_mount(spec, &Context { project, dir, env })
 }
 
 fn short_mount(spec: &str, cx: &Context<'_>) -> std::result::Result<Mount, String> {

@@ -93,7 +93,7 @@ fn service_rule(parent: &str, key: &str) -> Rule {
             "service",
             "ports" | "dns" | "dns_search" | "dns_opt" | "tmpfs" | "env_file" | "cap_add"
             | "cap_drop" | "expose" | "links" | "profiles" | "security_opt" | "group_add"
-            | "volumes_from" | "extra_hosts",
+            | "volumes_from" | "extra_hosts" | "external_links",
         ) => Rule::AppendUnique,
         ("service", "volumes" | "devices") => Rule::ByTarget,
         ("service", "secrets" | "configs") => Rule::BySource,

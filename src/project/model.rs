@@ -175,6 +175,9 @@ pub struct Service {
     pub environment: BTreeMap<String, Option<String>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<String>,
+    /// `name[:alias]` of containers outside the project, resolvable by alias.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_links: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -195,6 +198,9 @@ pub struct Service {
     pub links: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logging: Option<Logging>,
+    /// MAC of the first network's interface (a per-network `mac_address` wins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mem_limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

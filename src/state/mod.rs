@@ -97,6 +97,11 @@ impl Root {
         self.project_dir(project).join("supervisor.log")
     }
 
+    /// The project's append-only container events (JSON lines), tailed by `berth events`.
+    pub fn events_log(&self, project: &str) -> PathBuf {
+        self.project_dir(project).join("events.jsonl")
+    }
+
     /// The project's persisted record of what `up` created (networks, containers, DNS).
     pub fn project_state(&self, project: &str) -> PathBuf {
         self.project_dir(project).join("project.json")
@@ -254,4 +259,18 @@ pub struct AttachmentRecord {
     pub host_veth: String,
     /// Names resolvable on this network: service, container name, aliases.
     pub dns_names: Vec<String>,
+    /// Legacy `links:` / `external_links:` aliases only this container resolves here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_aliases: Vec<LinkAliasRecord>,
+}
+
+/// A link alias: `alias` answers the addresses of service `service` on the network, or
+/// the fixed `ip` (an `external_links` container outside the project).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LinkAliasRecord {
+    pub alias: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
 }

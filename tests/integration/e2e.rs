@@ -7,19 +7,6 @@ use std::time::Duration;
 use crate::require_root;
 use crate::support::{self, eventually, TestEnv};
 
-const QUICKSTART: &str = r#"
-services:
-  web:
-    image: busybox
-    command: ["sh", "-c", "mkdir -p /www && echo hello from $$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    ports:
-      - "127.0.0.1:PORT:8080"
-  client:
-    image: busybox
-    depends_on: [web]
-    command: ["sh", "-c", "while true; do wget -q -O- http://web:8080/ || echo fetch failed; sleep 0.3; done"]
-"#;
-
 fn ps_json(env: &TestEnv, dir: &std::path::Path) -> Vec<serde_json::Value> {
     let out = env.compose_ok(dir, &["ps", "-a", "--format", "json"]);
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ps json {out:?}: {e}"))
@@ -45,13 +32,38 @@ fn two_services_resolve_by_name_and_down_leaves_nothing() {
     let env = TestEnv::new("e2e-qs");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let port = support::free_port();
-    let dir = env.project_dir("qs", &QUICKSTART.replace("PORT", &port.to_string()));
+    let dir = support::compose_dir("quickstart");
 
-    env.compose_ok(&dir, &["up", "-d"]);
+    let (code, _, err) = env.compose(&dir, &["--progress", "json", "up", "-d"]);
+    assert_eq!(code, 0, "{err}");
+    // compose v2's JSON progress: one object per resource state change.
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let web = format!("Container {}-web-1", env.project);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["id"] == web.as_str() && e["status"] == "Done" && e["text"] == "Started"),
+        "{err}"
+    );
     let rows = ps_json(&env, &dir);
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert!(rows.iter().all(|r| r["state"] == "running"), "{rows:?}");
+    // The random host port, from ps: "127.0.0.1:PORT->8080/tcp".
+    let port: u16 = rows
+        .iter()
+        .find(|r| r["service"] == "web")
+        .and_then(|r| r["ports"][0].as_str())
+        .and_then(|p| {
+            p.strip_prefix("127.0.0.1:")?
+                .split("->")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("web's published port: {rows:?}"));
 
     let web = format!("{}-web-1", env.project);
     eventually(Duration::from_secs(10), || {
@@ -78,12 +90,7 @@ fn second_up_converges() {
     let env = TestEnv::new("e2e-conv");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let compose = |v: &str| {
-        format!(
-            "services:\n  a:\n    image: busybox\n    command: [sleep, '3600']\n    environment: {{V: '{v}'}}\n  b:\n    image: busybox\n    command: [sleep, '3600']\n"
-        )
-    };
-    let dir = env.project_dir("conv", &compose("1"));
+    let dir = support::compose_dir("converge");
     env.compose_ok(&dir, &["up", "-d"]);
     let pids = |rows: &[serde_json::Value]| -> Vec<(String, i64)> {
         rows.iter()
@@ -103,8 +110,14 @@ fn second_up_converges() {
         "unchanged project was recreated"
     );
 
-    support::write_file(&dir, "compose.yaml", &compose("2"));
-    env.compose_ok(&dir, &["up", "-d"]);
+    let out = env
+        .berth()
+        .current_dir(&dir)
+        .env("V", "2")
+        .args(["-p", &env.project, "up", "-d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let second = pids(&ps_json(&env, &dir));
     assert_eq!(second[1], first[1], "b must not be recreated");
     assert_ne!(second[0].1, first[0].1, "a must be recreated");
@@ -121,10 +134,7 @@ fn down_after_supervisor_killed() {
     let env = TestEnv::new("e2e-kill");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "kill",
-        "services:\n  a:\n    image: busybox\n    command: [sleep, '3600']\n",
-    );
+    let dir = support::compose_dir("kill");
     env.compose_ok(&dir, &["up", "-d"]);
     let sup = supervisor_pid(&env).expect("a supervisor runs while the project is up");
     nix::sys::signal::kill(
@@ -142,6 +152,17 @@ fn down_after_supervisor_killed() {
     let rows = ps_json(&env, &dir);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["state"], "running");
+    let logs = env.compose_ok(&dir, &["logs", "--no-color"]);
+    assert!(logs.contains("a-1  | alive"), "{logs}");
+    // The next `up` starts a new supervisor, which adopts the running container.
+    env.compose_ok(&dir, &["up", "-d"]);
+    let sup2 = supervisor_pid(&env).expect("a new supervisor");
+    assert_ne!(sup2, sup);
+    assert_eq!(
+        ps_json(&env, &dir)[0]["pid"],
+        rows[0]["pid"],
+        "not recreated"
+    );
     env.compose_ok(&dir, &["down"]);
     env.finish();
 }
@@ -169,10 +190,7 @@ fn named_volume_survives_down_and_goes_with_down_v() {
     let env = TestEnv::new("e2e-vol");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "vol",
-        "services:\n  db:\n    image: busybox\n    volumes: [db_data:/var/lib/db]\n    command: [sh, -c, 'echo boot >> /var/lib/db/boots; exec sleep 3600']\nvolumes:\n  db_data: {}\n",
-    );
+    let dir = support::compose_dir("vol");
     let vol_data = env
         .root
         .join("volumes")
@@ -207,28 +225,7 @@ fn depends_on_healthy_and_completed() {
     let env = TestEnv::new("e2e-health");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "health",
-        r#"
-services:
-  db:
-    image: busybox
-    command: [sh, -c, "sleep 1; touch /tmp/ready; exec sleep 3600"]
-    healthcheck:
-      test: ["CMD", "test", "-f", "/tmp/ready"]
-      interval: 200ms
-      retries: 30
-  migrate:
-    image: busybox
-    command: [sh, -c, "sleep 0.5; exit 0"]
-  web:
-    image: busybox
-    depends_on:
-      db: {condition: service_healthy}
-      migrate: {condition: service_completed_successfully}
-    command: [sh, -c, "ping -c1 -W1 db >/dev/null 2>&1; nslookup db >/dev/null 2>&1; exec sleep 3600"]
-"#,
-    );
+    let dir = support::compose_dir("health");
     let t = std::time::Instant::now();
     env.compose_ok(&dir, &["up", "-d"]);
     // up returns after db turned healthy (≥ 1 s after its start).
@@ -257,10 +254,7 @@ fn failed_dependency_stops_up() {
     let env = TestEnv::new("e2e-depfail");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "depfail",
-        "services:\n  migrate:\n    image: busybox\n    command: [sh, -c, 'exit 3']\n  web:\n    image: busybox\n    depends_on:\n      migrate: {condition: service_completed_successfully}\n    command: [sleep, '3600']\n",
-    );
+    let dir = support::compose_dir("depfail");
     let (code, _out, err) = env.compose(&dir, &["up", "-d"]);
     assert_ne!(code, 0);
     assert!(
@@ -281,10 +275,7 @@ fn restart_policies() {
     let env = TestEnv::new("e2e-restart");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "restart",
-        "services:\n  flaky:\n    image: busybox\n    restart: on-failure:2\n    volumes: [runs:/runs]\n    command: [sh, -c, 'echo run >> /runs/count; exit 1']\n  steady:\n    image: busybox\n    restart: always\n    command: [sleep, '3600']\nvolumes:\n  runs: {}\n",
-    );
+    let dir = support::compose_dir("restart");
     let count = env
         .root
         .join("volumes")
@@ -331,10 +322,7 @@ fn scale_and_exec() {
     let env = TestEnv::new("e2e-scale");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "scale",
-        "services:\n  web:\n    image: busybox\n    command: [sleep, '3600']\n  client:\n    image: busybox\n    command: [sleep, '3600']\n",
-    );
+    let dir = support::compose_dir("scale");
     env.compose_ok(&dir, &["up", "-d", "--scale", "web=3"]);
     let rows = ps_json(&env, &dir);
     assert_eq!(rows.iter().filter(|r| r["service"] == "web").count(), 3);
@@ -362,7 +350,7 @@ fn down_by_project_name_without_files() {
     env.load_busybox();
     let dir = env.project_dir(
         "nofile",
-        "services:\n  a:\n    image: busybox\n    volumes: [data:/data]\n    command: [sleep, '3600']\nvolumes:\n  data: {}\n",
+        &std::fs::read_to_string(support::compose_dir("nofile").join("compose.yaml")).unwrap(),
     );
     env.compose_ok(&dir, &["up", "-d"]);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -388,10 +376,7 @@ fn logs_tail_and_follow() {
     let env = TestEnv::new("e2e-logs");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "logs",
-        "services:\n  talker:\n    image: busybox\n    command: [sh, -c, 'for i in 1 2 3 4 5; do echo line-$$i; done; while [ ! -f /tmp/go ]; do sleep 0.1; done; echo after-follow; exec sleep 3600']\n",
-    );
+    let dir = support::compose_dir("logs");
     env.compose_ok(&dir, &["up", "-d"]);
     eventually(Duration::from_secs(5), || {
         let out = env.compose_ok(&dir, &["logs", "--no-color"]);
@@ -450,10 +435,7 @@ fn up_wait_healthy_or_error() {
     let env = TestEnv::new("e2e-wait");
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
-    let dir = env.project_dir(
-        "wait",
-        "services:\n  db:\n    image: busybox\n    command: [sh, -c, 'sleep 1; touch /tmp/ok; exec sleep 3600']\n    healthcheck: {test: [CMD, test, -f, /tmp/ok], interval: 200ms, retries: 30}\n  web:\n    image: busybox\n    command: [sleep, '3600']\n",
-    );
+    let dir = support::compose_dir("wait");
     let t = std::time::Instant::now();
     env.compose_ok(&dir, &["up", "--wait"]);
     assert!(
@@ -465,13 +447,227 @@ fn up_wait_healthy_or_error() {
     assert_eq!(code, 0, "db must be healthy when `up --wait` returns");
     env.compose_ok(&dir, &["down"]);
 
-    let bad = env.project_dir(
-        "wait-bad",
-        "services:\n  db:\n    image: busybox\n    command: [sh, -c, 'sleep 0.3; exit 3']\n    healthcheck: {test: [CMD, 'false'], interval: 100ms, retries: 100}\n",
-    );
+    let bad = support::compose_dir("wait-bad");
     let (code, _, err) = env.compose(&bad, &["up", "--wait"]);
     assert_ne!(code, 0);
     assert!(err.contains("exited (3) before it became healthy"), "{err}");
     env.compose_ok(&bad, &["down"]);
+    env.finish();
+}
+
+/// The library fixture API (`berth::fixture::Stack`), as a test suite would use it: `up`
+/// returns once web is healthy; the random published port, the service IP, exec and logs
+/// are looked up through it; dropping the stack takes the project down, also when the
+/// test using it panics.
+#[test]
+fn library_fixture_api() {
+    require_root!();
+    let env = TestEnv::new("e2e-lib");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("fixture-web");
+    let stack = env.stack(&dir).up().expect("stack up");
+
+    let addr = stack.port("web", 8080).expect("published port");
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    let body = http_get(addr.port()).expect("GET through the random published port");
+    assert!(
+        body.contains(&format!("hello from {}-web-1", env.project)),
+        "{body}"
+    );
+    let ip = stack.ip("web").expect("web's address");
+    let out = stack
+        .exec(
+            "client",
+            &["wget", "-q", "-O-", &format!("http://{ip}:8080/")],
+        )
+        .expect("exec");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from"));
+    assert!(stack.logs("web").unwrap().contains("web starting"));
+    assert!(stack.port("web", 9999).is_err(), "no such published port");
+    let rows = stack.ps().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.state == "running"), "{rows:?}");
+    drop(stack);
+    assert!(
+        ps_json(&env, &dir).is_empty(),
+        "dropping the stack is `down`"
+    );
+
+    // A panicking test: the stack is dropped while unwinding, and is gone afterwards.
+    let (root, project, bin) = (env.root.clone(), env.project.clone(), support::berth_bin());
+    let dir2 = dir.clone();
+    let panicked = std::thread::spawn(move || {
+        // This thread was spawned in the test's network namespace and stays in it.
+        let stack = berth::fixture::Stack::builder(&dir2)
+            .root(root)
+            .project_name(project)
+            .berth_binary(bin)
+            .dns_upstream("none")
+            .up()
+            .expect("stack up");
+        assert!(stack.port("web", 8080).is_ok());
+        panic!("a failing test");
+    })
+    .join();
+    assert!(panicked.is_err());
+    assert!(
+        ps_json(&env, &dir).is_empty(),
+        "the panicking test's stack is down"
+    );
+    env.finish();
+}
+
+/// `up --abort-on-container-exit --exit-code-from tests`: when the test runner exits 3,
+/// the other services are stopped and berth exits 3, with the runner's output shown.
+#[test]
+fn up_abort_on_container_exit_exit_code_from() {
+    require_root!();
+    let env = TestEnv::new("e2e-abort");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("abort");
+    let (code, out, err) = env.compose(
+        &dir,
+        &[
+            "up",
+            "--abort-on-container-exit",
+            "--exit-code-from",
+            "tests",
+        ],
+    );
+    assert_eq!(code, 3, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("tests-1  | tests failed"), "{out}");
+    assert!(out.contains("app-1    | app up"), "{out}");
+    let rows = ps_json(&env, &dir);
+    assert!(
+        rows.iter().all(|r| r["state"] == "exited"),
+        "all containers are stopped: {rows:?}"
+    );
+    let (code, _, err) = env.compose(&dir, &["up", "--exit-code-from", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no such service: nope"), "{err}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `run --rm` starts the dependencies, runs the one-off with its own command and env,
+/// passes its output and exit code through and removes it; `run -d` prints its name and
+/// leaves it running; one-offs are no replicas for `up`.
+#[test]
+fn run_oneoff() {
+    require_root!();
+    let env = TestEnv::new("e2e-run");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("run");
+    let (code, out, err) = env.compose(
+        &dir,
+        &[
+            "run",
+            "--rm",
+            "-e",
+            "EXTRA=x1",
+            "tool",
+            "sh",
+            "-c",
+            "echo $GREETING $EXTRA; nslookup db >/dev/null && echo db-resolves; exit 5",
+        ],
+    );
+    assert_eq!(code, 5, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("hello x1"), "{out}");
+    assert!(out.contains("db-resolves"), "{out}");
+    let rows = ps_json(&env, &dir);
+    assert_eq!(rows.len(), 1, "only db remains (--rm): {rows:?}");
+    assert_eq!(rows[0]["service"], "db");
+
+    let name = env.compose_ok(&dir, &["run", "-d", "tool", "sleep", "3600"]);
+    let name = name.trim();
+    assert!(
+        name.starts_with(&format!("{}-tool-run-", env.project)),
+        "{name}"
+    );
+    let rows = ps_json(&env, &dir);
+    let oneoff = rows.iter().find(|r| r["name"] == name).expect("listed");
+    assert_eq!(oneoff["state"], "running");
+    // `up` starts tool's real replica and leaves the one-off alone.
+    env.compose_ok(&dir, &["up", "-d"]);
+    let rows = ps_json(&env, &dir);
+    assert!(rows
+        .iter()
+        .any(|r| r["name"] == name && r["state"] == "running"));
+    assert!(rows
+        .iter()
+        .any(|r| r["name"] == format!("{}-tool-1", env.project)));
+    env.compose_ok(&dir, &["down"]);
+    assert!(ps_json(&env, &dir).is_empty());
+    env.finish();
+}
+
+/// `depends_on: {restart: true}`: an `up` that recreates db restarts web (same container,
+/// a new process, its log kept) and leaves api, which doesn't ask for it, alone.
+#[test]
+fn depends_on_restart_true() {
+    require_root!();
+    let env = TestEnv::new("e2e-deprestart");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("restart-dep");
+    env.compose_ok(&dir, &["up", "-d"]);
+    let pid = |rows: &[serde_json::Value], svc: &str| {
+        rows.iter()
+            .find(|r| r["service"] == svc)
+            .and_then(|r| r["pid"].as_i64())
+            .unwrap_or_else(|| panic!("{svc} has no pid: {rows:?}"))
+    };
+    let before = ps_json(&env, &dir);
+    let out = env
+        .berth()
+        .current_dir(&dir)
+        .env("V", "2")
+        .args(["-p", &env.project, "up", "-d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let after = ps_json(&env, &dir);
+    assert_ne!(pid(&after, "db"), pid(&before, "db"), "db is recreated");
+    assert_ne!(pid(&after, "web"), pid(&before, "web"), "web is restarted");
+    assert_eq!(pid(&after, "api"), pid(&before, "api"), "api is left alone");
+    assert!(after.iter().all(|r| r["state"] == "running"), "{after:?}");
+    let logs = env.compose_ok(&dir, &["logs", "--no-color", "web"]);
+    assert_eq!(logs.matches("web boot").count(), 2, "{logs}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `up` runs the project's supervisor from the small `berth-supervisor` installed beside
+/// `berth` (cargo builds it next to the tests' `berth`), and that process serves the
+/// project's DNS: the client reaches web by name.
+#[test]
+fn supervisor_runs_from_the_small_binary() {
+    require_root!();
+    let env = TestEnv::new("e2e-smallsup");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("quickstart");
+    env.compose_ok(&dir, &["up", "-d"]);
+    let sup = supervisor_pid(&env).expect("a supervisor runs while the project is up");
+    let exe = std::fs::read_link(format!("/proc/{sup}/exe")).expect("supervisor exe");
+    assert_eq!(
+        exe.file_name().and_then(|n| n.to_str()),
+        Some("berth-supervisor"),
+        "{exe:?}"
+    );
+    let web = format!("{}-web-1", env.project);
+    eventually(Duration::from_secs(10), || {
+        let logs = env.compose_ok(&dir, &["logs", "client"]);
+        if logs.contains(&format!("hello from {web}")) {
+            Ok(())
+        } else {
+            Err(format!("client has not reached web by name yet: {logs}"))
+        }
+    });
+    env.compose_ok(&dir, &["down"]);
     env.finish();
 }

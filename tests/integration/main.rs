@@ -10,4 +10,5 @@ mod image;
 mod load;
 mod network;
 mod runtime;
+mod verbs;
 mod volume;

@@ -1346,3 +1346,116 @@ fn overlay_with_many_long_layer_paths() {
     );
     fx.finish();
 }
+
+#[test]
+fn tty_container_has_a_terminal_and_logs_its_output() {
+    crate::require_root!();
+    let fx = setup("rt-tty");
+    let mut spec = fx.spec(
+        "tty1",
+        &[
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo stdio-is-tty; tty; echo to-stderr >&2",
+        ],
+    );
+    spec.tty = true;
+    let (exit, text) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{text}");
+    assert!(text.contains("stdio-is-tty"), "{text}");
+    let tty_line = text
+        .lines()
+        .find(|l| l.starts_with("/dev/"))
+        .unwrap_or_else(|| panic!("no tty line in {text:?}"));
+    let n = tty_line.trim().strip_prefix("/dev/pts/");
+    assert!(
+        n.is_some_and(|n| n.parse::<u32>().is_ok()),
+        "tty prints /dev/pts/N of the container's devpts: {tty_line:?}"
+    );
+    assert!(
+        text.contains("to-stderr"),
+        "stderr goes through the pty too: {text}"
+    );
+    // Without a tty the same probe sees pipes.
+    let spec = fx.spec(
+        "tty2",
+        &["sh", "-c", "[ -t 1 ] && echo tty || echo no-tty; tty"],
+    );
+    let (exit, text) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 1, "`tty` fails without one: {text}");
+    assert!(
+        text.contains("no-tty") && text.contains("not a tty"),
+        "{text}"
+    );
+    fx.finish();
+}
+
+#[test]
+fn exec_with_tty_gets_a_terminal() {
+    crate::require_root!();
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED exec_with_tty_gets_a_terminal: `script` (util-linux) not installed");
+        return;
+    }
+    let fx = setup("rt-exectty");
+    let env = fx.env.as_ref().expect("env");
+    let c = fx.rt.run(&fx.spec("xtty", &["sleep", "1000"])).unwrap();
+    // `script` gives berth a pty as its terminal, as a user's shell would.
+    let script = |cmdline: &str, input: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", cmdline, "/dev/null"])
+            .env("BERTH_ROOT", &env.root)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let berth = support::berth_bin();
+    let b = berth.display();
+    let (code, out) = script(
+        &format!("{b} container exec -t bt-xtty sh -c '[ -t 0 ] && [ -t 1 ] && echo exec-is-tty; tty; exit 7'"),
+        "",
+    );
+    assert_eq!(code, 7, "exit code through the pty: {out:?}");
+    assert!(out.contains("exec-is-tty"), "{out:?}");
+    assert!(
+        out.lines().any(|l| l
+            .trim()
+            .strip_prefix("/dev/pts/")
+            .is_some_and(|n| n.parse::<u32>().is_ok())),
+        "{out:?}"
+    );
+    // Without -t: no terminal, even when berth runs on one.
+    let (code, out) = script(
+        &format!("{b} container exec bt-xtty sh -c '[ -t 1 ] && echo tty || echo no-tty'"),
+        "",
+    );
+    assert_eq!(code, 0, "{out:?}");
+    assert!(out.contains("no-tty"), "{out:?}");
+    // -i forwards our input into the pty.
+    let (code, out) = script(
+        &format!("{b} container exec -it bt-xtty sh -c 'read x; echo got=$x'"),
+        "hello\n",
+    );
+    assert_eq!(code, 0, "{out:?}");
+    assert!(out.contains("got=hello"), "{out:?}");
+    c.delete().unwrap();
+    fx.finish();
+}

@@ -188,6 +188,13 @@ impl CgroupManager for CgroupV1 {
         Ok(())
     }
 
+    fn join_self(&self) -> Result<(), CgroupError> {
+        for h in &self.hierarchies {
+            write(&h.dir.join("tasks"), "0")?;
+        }
+        Ok(())
+    }
+
     fn procs(&self) -> Result<Vec<i32>, CgroupError> {
         read_procs(&self.procs_dir().join("cgroup.procs"))
     }

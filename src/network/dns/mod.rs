@@ -11,6 +11,6 @@ pub mod records;
 pub mod server;
 pub mod upstream;
 
-pub use records::{Answer, Registry};
+pub use records::{Answer, LinkTarget, Registry, Reverse};
 pub use server::{DnsError, DnsServer};
 pub use upstream::Upstream;

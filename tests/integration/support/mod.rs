@@ -47,14 +47,38 @@ pub fn is_root() -> bool {
 
 static KERNEL_LOCK: Mutex<()> = Mutex::new(());
 
+/// Held while a test touches the kernel: the in-process mutex, plus an exclusive flock
+/// on `/run/berth-tests.lock` so that test runs in other processes (another checkout, a
+/// second `cargo test`) don't interleave with this one and trip each other's leak checks.
+pub struct KernelLock {
+    _guard: MutexGuard<'static, ()>,
+    _file: Option<nix::fcntl::Flock<std::fs::File>>,
+}
+
 /// Serialise tests that touch the kernel; a panicking holder does not poison later tests.
-pub fn kernel_lock() -> MutexGuard<'static, ()> {
-    KERNEL_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+pub fn kernel_lock() -> KernelLock {
+    let guard = KERNEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/berth-tests.lock")
+        .ok()
+        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+    KernelLock {
+        _guard: guard,
+        _file: file,
+    }
 }
 
 /// Path of the `berth` binary built for this test run.
 pub fn berth_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_berth"))
+}
+
+/// A compose project of the e2e tests: `tests/compose/<name>/` in the repository.
+pub fn compose_dir(name: &str) -> PathBuf {
+    repo_root().join("tests/compose").join(name)
 }
 
 /// The repository root (where `Cargo.toml` of the workspace is).
@@ -77,7 +101,7 @@ pub struct TestEnv {
     tmp: Option<tempfile::TempDir>,
     snapshot: leak::Snapshot,
     finished: bool,
-    _lock: MutexGuard<'static, ()>,
+    _lock: KernelLock,
 }
 
 impl TestEnv {
@@ -147,6 +171,17 @@ impl TestEnv {
     pub fn load_busybox(&self) {
         let layout = images::busybox_layout();
         self.ok(&["image", "load", "-i", layout.to_str().expect("utf-8 path")]);
+    }
+
+    /// A `berth::fixture::Stack` builder for the compose project in `dir`, on this test's
+    /// state root, with this test's project name and DNS forwarding off.
+    pub fn stack(&self, dir: &Path) -> berth::fixture::StackBuilder {
+        berth::fixture::Stack::builder(dir)
+            .root(&self.root)
+            .project_name(&self.project)
+            .berth_binary(berth_bin())
+            .dns_upstream("none")
+            .wait_timeout(Duration::from_secs(30))
     }
 
     /// Write a compose project dir under the test root; returns its path.

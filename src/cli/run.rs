@@ -1,0 +1,226 @@
+//! `berth run`: a one-off container of a service, with docker compose v2's flags.
+//!
+//! The service's config is adjusted here (command, entrypoint, env, user, workdir, ports,
+//! volumes), its dependencies are brought up like `up` would, and the engine creates
+//! and starts the one-off (`<project>-<service>-run-<hex>`, label `oneoff=True`).
+//! In the foreground its output is streamed and berth exits with its exit code.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{render, GlobalOpts};
+use crate::plan::UpOptions;
+use crate::project::model::CommandLine;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Run container in background and print container name
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Automatically remove the container when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Assign a name to the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Override the entrypoint of the image
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// Run as specified username or uid
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Publish a container's port(s) to the host
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Run command with all service's ports enabled and mapped to the host
+    #[arg(short = 'P', long)]
+    pub service_ports: bool,
+    /// Bind mount a volume
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Add or override a label
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// Don't start linked services
+    #[arg(long)]
+    pub no_deps: bool,
+    /// Disable pseudo-TTY allocation (berth's run never allocates one yet)
+    #[arg(short = 'T', long = "no-TTY")]
+    pub no_tty: bool,
+    /// Keep STDIN open even if not attached (accepted; stdin is not attached yet)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Service name
+    pub service: String,
+    /// Command and arguments (default: the service's command)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut project = super::compose::load(g, std::slice::from_ref(&args.service))?;
+    let key = project
+        .services
+        .keys()
+        .find(|k| k.as_str() == args.service)
+        .cloned()
+        .with_context(|| format!("no such service: {}", args.service))?;
+    let pname = project.name.clone();
+    let dir = project.working_dir.clone();
+    let shell_env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => format!(
+            "{}-{}-run-{}",
+            pname.as_str(),
+            args.service,
+            &uuid_hex()[..12]
+        ),
+    };
+    {
+        let svc = project.services.get_mut(&key).expect("found above");
+        if !args.command.is_empty() {
+            svc.command = Some(CommandLine::Exec(args.command.clone()));
+        }
+        if let Some(ep) = &args.entrypoint {
+            let argv = shell_words::split(ep)
+                .with_context(|| format!("--entrypoint {ep:?}: unbalanced quotes"))?;
+            svc.entrypoint = Some(CommandLine::Exec(argv));
+        }
+        for e in &args.env {
+            match e.split_once('=') {
+                Some((k, v)) => svc.environment.insert(k.into(), Some(v.into())),
+                // `-e NAME`: from berth's own environment, unset when it has none.
+                None => svc.environment.insert(e.clone(), std::env::var(e).ok()),
+            };
+        }
+        if let Some(w) = &args.workdir {
+            svc.working_dir = Some(w.clone());
+        }
+        if let Some(u) = &args.user {
+            svc.user = Some(u.clone());
+        }
+        for l in &args.labels {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            svc.labels.insert(k.into(), v.into());
+        }
+        // Like compose: the service's ports only with --service-ports; -p adds its own.
+        if !args.service_ports {
+            svc.ports.clear();
+        }
+        for p in &args.publish {
+            let ports = crate::project::decode::parse_port(p)
+                .map_err(|why| anyhow::anyhow!("--publish {p:?}: {why}"))?;
+            svc.ports.extend(ports);
+        }
+        for v in &args.volumes {
+            let m = crate::project::decode::parse_short_mount(v, &pname, &dir, &shell_env)
+                .map_err(|why| anyhow::anyhow!("--volume {v:?}: {why}"))?;
+            svc.volumes.push(m);
+        }
+        // A one-off has its own name, however the service names its container.
+        svc.container_name = None;
+    }
+    let deps: Vec<String> = project.services[&key]
+        .depends_on
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
+    let project = Arc::new(project);
+    let engine = super::compose::open_engine(g)?;
+    if !args.no_deps && !deps.is_empty() {
+        let plan = engine
+            .plan_up(
+                &project,
+                &UpOptions::default(),
+                &deps,
+                false,
+                &Default::default(),
+            )
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let printer = tokio::spawn(render::progress(rx, g.progress.clone()));
+        let r = engine.up(project.clone(), plan, tx).await;
+        let _ = printer.await;
+        r.with_context(|| format!("starting the dependencies of {}", args.service))?;
+    }
+    engine
+        .run_oneoff(project.clone(), &args.service, &name, !args.no_deps)
+        .await
+        .with_context(|| format!("running service {}", args.service))?;
+    if args.detach {
+        println!("{name}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Foreground: stream the one-off's output until it exits, then exit with its code.
+    let log = engine
+        .runtime
+        .get(&name)
+        .map(|c| c.log_path())
+        .with_context(|| format!("container {name}"))?;
+    let mut printed = 0usize;
+    let print_new = |printed: &mut usize| -> anyhow::Result<()> {
+        use std::io::Write;
+        let lines = berth_runtime::log::read_log(&log).unwrap_or_default();
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        for l in lines.iter().skip(*printed) {
+            if l.stream == "stderr" {
+                err.write_all(l.log.as_bytes())?;
+            } else {
+                out.write_all(l.log.as_bytes())?;
+            }
+        }
+        out.flush()?;
+        *printed = lines.len().max(*printed);
+        Ok(())
+    };
+    let code = loop {
+        tokio::select! {
+            r = engine.wait_exit(&name) => break r?,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => print_new(&mut printed)?,
+            _ = tokio::signal::ctrl_c() => {
+                // Like docker: Ctrl-C stops the one-off (SIGTERM, then SIGKILL after 10 s).
+                let rt = engine.runtime.clone();
+                let n = name.clone();
+                tokio::task::spawn_blocking(move || rt.get(&n).and_then(|c| c.stop(Duration::from_secs(10))))
+                    .await?
+                    .ok();
+            }
+        }
+    };
+    print_new(&mut printed)?;
+    if args.rm {
+        engine
+            .remove_one(project.clone(), &name, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("removing {name}"))?;
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// 32 random hex digits (a one-off container's name suffix, like compose's).
+fn uuid_hex() -> String {
+    let mut b = [0u8; 16];
+    if getrandom(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b = (t ^ (std::process::id() as u128) << 64).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}

@@ -1,0 +1,490 @@
+//! End-to-end tests of the compose verbs beyond up/down: start/stop/restart, kill, pause,
+//! rm, port, events, wait, ls, cp, top, images. Real containers in a fresh network
+//! namespace with their own state root, one intent per test, leak-checked.
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::require_root;
+use crate::support::{self, eventually, TestEnv};
+
+const SLEEPER: &str = "services:\n  app:\n    image: busybox\n    command: [sleep, '3600']\n";
+
+fn ps_rows(env: &TestEnv, dir: &Path) -> Vec<serde_json::Value> {
+    let out = env.compose_ok(dir, &["ps", "-a", "--format", "json"]);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ps json {out:?}: {e}"))
+}
+
+fn row<'a>(rows: &'a [serde_json::Value], service: &str) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r["service"] == service)
+        .unwrap_or_else(|| panic!("no {service} in {rows:?}"))
+}
+
+/// Start a project with `compose`; returns its dir.
+fn up(env: &TestEnv, name: &str, compose: &str) -> std::path::PathBuf {
+    env.load_busybox();
+    let dir = env.project_dir(name, compose);
+    env.compose_ok(&dir, &["up", "-d"]);
+    dir
+}
+
+/// `stop` keeps the container (and its writable layer); `start` runs the same container
+/// again; `restart` gives it a new process.
+#[test]
+fn stop_start_restart_keep_the_container() {
+    require_root!();
+    let env = TestEnv::new("verbs-start");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "start", SLEEPER);
+    env.compose_ok(&dir, &["exec", "app", "sh", "-c", "echo kept > /marker"]);
+
+    env.compose_ok(&dir, &["stop", "-t", "1"]);
+    let rows = ps_rows(&env, &dir);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(row(&rows, "app")["state"], "exited");
+
+    env.compose_ok(&dir, &["start"]);
+    let rows = ps_rows(&env, &dir);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(row(&rows, "app")["state"], "running");
+    let pid = row(&rows, "app")["pid"].as_i64().unwrap();
+    let out = env.compose_ok(&dir, &["exec", "app", "cat", "/marker"]);
+    assert_eq!(out.trim(), "kept", "the writable layer survives stop/start");
+
+    env.compose_ok(&dir, &["restart", "-t", "1", "app"]);
+    let rows = ps_rows(&env, &dir);
+    assert_eq!(row(&rows, "app")["state"], "running");
+    assert_ne!(
+        row(&rows, "app")["pid"].as_i64().unwrap(),
+        pid,
+        "a new process"
+    );
+
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `kill -s KILL` gives exit 137, and `restart: always` does not revive a container the
+/// user killed; `start` brings it back.
+#[test]
+fn kill_is_not_undone_by_restart_always() {
+    require_root!();
+    let env = TestEnv::new("verbs-kill");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(
+        &env,
+        "kill",
+        "services:\n  app:\n    image: busybox\n    restart: always\n    command: [sleep, '3600']\n",
+    );
+    env.compose_ok(&dir, &["kill", "-s", "KILL", "app"]);
+    eventually(Duration::from_secs(5), || {
+        let rows = ps_rows(&env, &dir);
+        match row(&rows, "app")["state"].as_str() {
+            Some("exited") => Ok(()),
+            s => Err(format!("state {s:?}")),
+        }
+    });
+    // The supervisor polls every 100 ms with a 100 ms first backoff: well past both.
+    std::thread::sleep(Duration::from_millis(1500));
+    let rows = ps_rows(&env, &dir);
+    assert_eq!(row(&rows, "app")["state"], "exited", "revived: {rows:?}");
+    assert_eq!(row(&rows, "app")["exit_code"], 137);
+
+    env.compose_ok(&dir, &["start", "app"]);
+    assert_eq!(row(&ps_rows(&env, &dir), "app")["state"], "running");
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `pause` freezes the container (its counter stops), `unpause` resumes it.
+#[test]
+fn pause_freezes_and_unpause_resumes() {
+    require_root!();
+    let env = TestEnv::new("verbs-pause");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(
+        &env,
+        "pause",
+        "services:\n  app:\n    image: busybox\n    command: [sh, -c, 'i=0; while true; do i=$$((i+1)); echo $$i; sleep 0.05; done']\n",
+    );
+    let count = || env.compose_ok(&dir, &["logs", "app"]).lines().count();
+    eventually(Duration::from_secs(5), || {
+        if count() > 2 {
+            Ok(())
+        } else {
+            Err("no counting yet".to_string())
+        }
+    });
+    env.compose_ok(&dir, &["pause", "app"]);
+    assert_eq!(row(&ps_rows(&env, &dir), "app")["state"], "paused");
+    // Lines written before the freeze may still be in flight to the log.
+    std::thread::sleep(Duration::from_millis(200));
+    let frozen = count();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(count(), frozen, "the counter went on while paused");
+
+    env.compose_ok(&dir, &["unpause", "app"]);
+    assert_eq!(row(&ps_rows(&env, &dir), "app")["state"], "running");
+    eventually(Duration::from_secs(5), || {
+        let n = count();
+        if n > frozen + 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} lines, {frozen} when frozen"))
+        }
+    });
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `rm -s -f` stops and removes the running containers: `ps -a` is empty after it.
+#[test]
+fn rm_stop_force_removes_everything() {
+    require_root!();
+    let env = TestEnv::new("verbs-rm");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "rm", SLEEPER);
+    assert_eq!(ps_rows(&env, &dir).len(), 1);
+    env.compose_ok(&dir, &["rm", "-s", "-f"]);
+    let rows = ps_rows(&env, &dir);
+    assert!(rows.is_empty(), "{rows:?}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+fn http_get(port: u16) -> Result<String, String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+/// `port` prints the random host port of a published container port, and it answers on
+/// 127.0.0.1; a port that is not published is an error.
+#[test]
+fn port_reports_the_random_host_port() {
+    require_root!();
+    let env = TestEnv::new("verbs-port");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(
+        &env,
+        "port",
+        "services:\n  web:\n    image: busybox\n    command: [sh, -c, 'mkdir -p /www && echo portcheck > /www/index.html && exec httpd -f -p 8080 -h /www']\n    ports: ['8080']\n",
+    );
+    let out = env.compose_ok(&dir, &["port", "web", "8080"]);
+    let (ip, port) = out.trim().rsplit_once(':').expect("host_ip:port");
+    assert_eq!(ip, "0.0.0.0");
+    let port: u16 = port.parse().expect("a port number");
+    assert_ne!(port, 0);
+    let body = eventually(Duration::from_secs(5), || http_get(port));
+    assert!(body.contains("portcheck"), "{body}");
+
+    let (code, _, err) = env.compose(&dir, &["port", "web", "9999"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("9999"), "{err}");
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `events --json` streams a container's die (with its exit code) when it is stopped and
+/// its start when it starts again, with compose's fields.
+#[test]
+fn events_json_shows_die_and_start() {
+    require_root!();
+    let env = TestEnv::new("verbs-events");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "events", SLEEPER);
+    let mut child = env
+        .berth()
+        .current_dir(&dir)
+        .args(["-p", &env.project, "events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting berth events");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // `events` starts at the end of the log: give it a moment to open it.
+    std::thread::sleep(Duration::from_millis(500));
+    env.compose_ok(&dir, &["stop", "-t", "1"]);
+    env.compose_ok(&dir, &["start"]);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l:?}: {e}")));
+        }
+        let actions: Vec<&str> = seen.iter().filter_map(|e| e["action"].as_str()).collect();
+        if actions.contains(&"die") && actions.contains(&"start") {
+            break;
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = child.wait();
+    let _ = reader.join();
+
+    let name = format!("{}-app-1", env.project);
+    let die = seen
+        .iter()
+        .find(|e| e["action"] == "die")
+        .unwrap_or_else(|| panic!("no die in {seen:?}"));
+    assert_eq!(die["type"], "container");
+    assert_eq!(die["id"], name.as_str());
+    assert_eq!(die["service"], "app");
+    assert!(die["time"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(die["attributes"]["exitCode"].as_str().is_some(), "{die}");
+    let die_at = seen.iter().position(|e| e["action"] == "die").unwrap();
+    let start_at = seen
+        .iter()
+        .position(|e| e["action"] == "start")
+        .unwrap_or_else(|| panic!("no start in {seen:?}"));
+    assert!(die_at < start_at, "die before start: {seen:?}");
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `wait` blocks until the service's container exits and returns its exit code.
+#[test]
+fn wait_returns_the_exit_code() {
+    require_root!();
+    let env = TestEnv::new("verbs-wait");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(
+        &env,
+        "wait",
+        "services:\n  job:\n    image: busybox\n    command: [sh, -c, 'sleep 1; exit 3']\n",
+    );
+    let t = Instant::now();
+    let (code, out, err) = env.compose(&dir, &["wait", "job"]);
+    assert_eq!(code, 3, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("exited with code 3"), "{out}");
+    assert!(t.elapsed() >= Duration::from_millis(300), "did not block");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `ls` lists the running project with `running(N)` and its compose file, as a table and
+/// as JSON.
+#[test]
+fn ls_lists_the_project() {
+    require_root!();
+    let env = TestEnv::new("verbs-ls");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(
+        &env,
+        "ls",
+        "services:\n  a:\n    image: busybox\n    command: [sleep, '3600']\n  b:\n    image: busybox\n    command: [sleep, '3600']\n",
+    );
+    let table = env.ok(&["ls"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&env.project))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("running(2)"), "{line}");
+    assert!(table.starts_with("NAME"), "{table}");
+
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(env.ok(&["ls", "--format", "json"]).trim()).unwrap();
+    let p = json
+        .iter()
+        .find(|p| p["Name"] == env.project.as_str())
+        .unwrap_or_else(|| panic!("{json:?}"));
+    assert_eq!(p["Status"], "running(2)");
+    assert!(
+        p["ConfigFiles"].as_str().unwrap().ends_with("compose.yaml"),
+        "{p}"
+    );
+
+    env.compose_ok(&dir, &["stop", "-t", "0"]);
+    assert!(
+        !env.ok(&["ls", "-q"]).contains(&env.project),
+        "stopped: only with -a"
+    );
+    assert!(env.ok(&["ls", "-a", "-q"]).contains(&env.project));
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `cp` copies a file and a directory into a container and back out, unchanged.
+#[test]
+fn cp_round_trip() {
+    require_root!();
+    let env = TestEnv::new("verbs-cp");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "cp", SLEEPER);
+    let work = env.root.join("cpwork");
+    support::write_file(&work, "in.txt", "round trip\n");
+    support::write_file(&work.join("tree/sub"), "deep.txt", "deep\n");
+    let host = |p: &str| work.join(p).to_str().unwrap().to_string();
+
+    env.compose_ok(&dir, &["cp", &host("in.txt"), "app:/tmp/in.txt"]);
+    let inside = env.compose_ok(&dir, &["exec", "app", "cat", "/tmp/in.txt"]);
+    assert_eq!(inside, "round trip\n");
+    env.compose_ok(&dir, &["cp", "app:/tmp/in.txt", &host("out.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(work.join("out.txt")).unwrap(),
+        "round trip\n"
+    );
+
+    env.compose_ok(&dir, &["cp", &host("tree"), "app:/tmp/tree"]);
+    let inside = env.compose_ok(&dir, &["exec", "app", "cat", "/tmp/tree/sub/deep.txt"]);
+    assert_eq!(inside, "deep\n");
+    env.compose_ok(&dir, &["cp", "app:/tmp/tree", &host("back")]);
+    assert_eq!(
+        std::fs::read_to_string(work.join("back/sub/deep.txt")).unwrap(),
+        "deep\n"
+    );
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// A symlink in the container pointing at a host file's path resolves inside the
+/// container: `cp` neither reads nor writes the host's file through it.
+#[test]
+fn cp_symlink_stays_in_the_container() {
+    require_root!();
+    let env = TestEnv::new("verbs-cplink");
+    let _ns = support::enter_fresh_netns();
+    let secret_dir = env.root.join("hostsecret");
+    let secret = support::write_file(&secret_dir, "secret.txt", "HOST SECRET\n");
+    let sd = secret_dir.to_str().unwrap();
+    let dir = up(
+        &env,
+        "cplink",
+        &format!(
+            "services:\n  app:\n    image: busybox\n    command: [sh, -c, 'mkdir -p {sd} && echo container-file > {sd}/secret.txt && ln -s {sd}/secret.txt /tmp/link && ln -s ../../../../../..{sd}/secret.txt /tmp/dots && exec sleep 3600']\n"
+        ),
+    );
+    eventually(Duration::from_secs(5), || {
+        let (code, _, _) = env.compose(&dir, &["exec", "app", "test", "-L", "/tmp/dots"]);
+        if code == 0 {
+            Ok(())
+        } else {
+            Err("links not made yet".to_string())
+        }
+    });
+    let out = env.root.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+
+    // Reading through the links gets the container's file.
+    for link in ["/tmp/link", "/tmp/dots"] {
+        let dest = out.join(link.trim_start_matches("/tmp/"));
+        env.compose_ok(
+            &dir,
+            &["cp", "-L", &format!("app:{link}"), dest.to_str().unwrap()],
+        );
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "container-file\n");
+    }
+
+    // Writing through them changes the container's file, never the host's.
+    let evil = support::write_file(&out, "evil.txt", "overwritten\n");
+    for link in ["app:/tmp/link", "app:/tmp/dots"] {
+        let _ = env.compose(&dir, &["cp", evil.to_str().unwrap(), link]);
+        assert_eq!(
+            std::fs::read_to_string(&secret).unwrap(),
+            "HOST SECRET\n",
+            "cp to {link} wrote the host's file"
+        );
+    }
+    let inside = env.compose_ok(&dir, &["exec", "app", "cat", &format!("{sd}/secret.txt")]);
+    assert_eq!(inside, "overwritten\n");
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `top` shows a header per container and the service's process.
+#[test]
+fn top_shows_the_process() {
+    require_root!();
+    let env = TestEnv::new("verbs-top");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "top", SLEEPER);
+    let out = env.compose_ok(&dir, &["top"]);
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{}-app-1", env.project).as_str()),
+        "{out}"
+    );
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]
+    );
+    let pid = row(&ps_rows(&env, &dir), "app")["pid"].as_i64().unwrap();
+    let proc_line = lines
+        .find(|l| l.ends_with("sleep 3600"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cols: Vec<&str> = proc_line.split_whitespace().collect();
+    assert_eq!(cols[0], "root");
+    assert_eq!(cols[1], pid.to_string(), "host pid of PID 1: {out}");
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `images` lists the busybox image of the project's container, as a table and as JSON.
+#[test]
+fn images_lists_busybox() {
+    require_root!();
+    let env = TestEnv::new("verbs-images");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "images", SLEEPER);
+    let out = env.compose_ok(&dir, &["images"]);
+    assert!(out.starts_with("CONTAINER"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{}-app-1", env.project)))
+        .unwrap_or_else(|| panic!("{out}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[1..3], ["busybox", "latest"], "{line}");
+
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(env.compose_ok(&dir, &["images", "--format", "json"]).trim()).unwrap();
+    assert_eq!(json.len(), 1, "{json:?}");
+    assert_eq!(json[0]["Repository"], "busybox");
+    assert!(json[0]["ID"].as_str().unwrap().starts_with("sha256:"));
+    assert!(json[0]["Size"].as_u64().unwrap() > 0);
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
+/// `create` makes the containers without starting them (`ps -a` shows them created, no
+/// process); `start` then runs them; `down` removes them.
+#[test]
+fn create_then_start() {
+    require_root!();
+    let env = TestEnv::new("verbs-create");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir("create", SLEEPER);
+    env.compose_ok(&dir, &["create"]);
+    let rows = ps_rows(&env, &dir);
+    assert_eq!(row(&rows, "app")["state"], "created", "{rows:?}");
+    assert!(row(&rows, "app")["pid"].is_null(), "{rows:?}");
+    env.compose_ok(&dir, &["start"]);
+    let rows = ps_rows(&env, &dir);
+    assert_eq!(row(&rows, "app")["state"], "running", "{rows:?}");
+    env.compose_ok(&dir, &["down"]);
+    assert!(ps_rows(&env, &dir).is_empty());
+    env.finish();
+}
