@@ -27,7 +27,7 @@
 //! [`cgroups::CgroupManager`].
 //!
 //! Modules: `spec` (input), `container` (caller side API), `shim`, `init`, `tiny_init`, `exec`,
-//! `rootfs`, `cgroups/{v1,v2}`, `capabilities`, `seccomp` (+ Docker's profile as data),
+//! `tty` (ptys for `tty: true` and `exec -t`), `rootfs`, `cgroups/{v1,v2}`, `capabilities`, `seccomp` (+ Docker's profile as data),
 //! `user`, `log`, `state`, `protocol`, `sealed_exe`.
 
 pub mod capabilities;

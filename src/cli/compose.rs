@@ -125,6 +125,10 @@ pub struct DownArgs {
     /// Shutdown timeout in seconds
     #[arg(short = 't', long)]
     pub timeout: Option<u64>,
+    /// Remove images used by services: "local" (only images without a custom tag, i.e.
+    /// built for the project) or "all"
+    #[arg(long, value_parser = ["local", "all"])]
+    pub rmi: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -141,6 +145,12 @@ pub struct PsArgs {
     /// Format: table or json
     #[arg(long, default_value = "table")]
     pub format: String,
+    /// Filter containers by state (repeatable)
+    #[arg(long, value_parser = ["paused", "restarting", "removing", "running", "dead", "created", "exited"])]
+    pub status: Vec<String>,
+    /// Filter containers by a property (only `status=STATE`)
+    #[arg(long)]
+    pub filter: Option<String>,
     /// Services to list
     pub service_names: Vec<String>,
 }
@@ -384,7 +394,7 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
 async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
     // Like `docker compose -p NAME down`, this works from state alone when no compose file
     // is around (a fixture's temp dir already gone, a test cleaning up after a panic).
-    let (name, declared) = match load(g, &[]) {
+    let (name, declared, images) = match load(g, &[]) {
         Ok(project) => {
             let declared: Vec<String> = project
                 .volumes
@@ -392,12 +402,25 @@ async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
                 .filter(|v| !v.external)
                 .map(|v| v.name.clone())
                 .collect();
-            (project.name.as_str().to_string(), declared)
+            // `--rmi all`: every service's image; `local`: only images built for the
+            // project (named after it, services without `image:`; berth builds none yet).
+            let images: Vec<String> = project
+                .services
+                .values()
+                .filter_map(|s| match (args.rmi.as_deref(), &s.image) {
+                    (Some("all"), Some(i)) => Some(i.clone()),
+                    (Some(_), None) => Some(format!("{}-{}", project.name.as_str(), s.name)),
+                    _ => None,
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            (project.name.as_str().to_string(), declared, images)
         }
         Err(e) => match &g.project_name {
             Some(n) => {
                 tracing::info!(error = %e, "no project files; taking down project {n} from state");
-                (n.clone(), Vec::new())
+                (n.clone(), Vec::new(), Vec::new())
             }
             None => return Err(e),
         },
@@ -416,15 +439,42 @@ async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         .with_context(|| format!("taking down project {name}"))?;
-    Ok(ExitCode::SUCCESS)
+    let in_use = super::image::containers_in_use(&g.root);
+    let mut failed = false;
+    for image in &images {
+        match engine.images.remove(image, false, &in_use) {
+            Ok(_) => eprintln!(" ✔ Image {image}  Removed"),
+            Err(crate::image::store::StoreError::NotFound { .. }) => {}
+            Err(e) => {
+                render::error(&anyhow::Error::new(e).context(format!("removing image {image}")));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn ps(g: &GlobalOpts, args: PsArgs) -> anyhow::Result<ExitCode> {
     let name = project_name(g)?;
     let engine = open_engine(g)?;
-    let mut rows = engine.ps(&name, args.all).await?;
+    let mut status = args.status.clone();
+    if let Some(f) = &args.filter {
+        match f.split_once('=') {
+            Some(("status", v)) => status.push(v.to_string()),
+            _ => anyhow::bail!("--filter {f:?}: only status=STATE is supported"),
+        }
+    }
+    // Asking for a state that only stopped containers have implies -a, as in compose.
+    let mut rows = engine.ps(&name, args.all || !status.is_empty()).await?;
     if !args.service_names.is_empty() {
         rows.retain(|r| args.service_names.contains(&r.service));
+    }
+    if !status.is_empty() {
+        rows.retain(|r| status.contains(&r.state));
     }
     render::ps(&rows, args.quiet, args.services, &args.format)?;
     Ok(ExitCode::SUCCESS)

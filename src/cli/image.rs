@@ -563,7 +563,7 @@ fn tag_annotation(layout: &Path, manifest: &Digest) -> Option<String> {
 /// Images used by containers: every `sha256:` digest found in the JSON files of
 /// `<root>/containers/<id>/` (the runtime's state records the image it was created from;
 /// scanning for digests keeps this independent of that file's exact schema).
-fn containers_in_use(root: &Path) -> InUse {
+pub(crate) fn containers_in_use(root: &Path) -> InUse {
     fn collect(v: &serde_json::Value, out: &mut InUse) {
         match v {
             serde_json::Value::String(s) => {

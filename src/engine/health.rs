@@ -1,16 +1,25 @@
 //! Healthchecks: the service's `healthcheck` (or the image's `HEALTHCHECK`) run inside the
 //! container through the runtime's exec, with Docker's timing rules.
 //!
-//! Takes a service, its image and a container handle; gives "healthy" or an error saying
-//! why not (no healthcheck, container exited, retries exhausted). Used by `up` for
-//! `depends_on: condition: service_healthy`. Neighbours: `engine::lifecycle`,
+//! [`resolve`] turns a service and its image into a [`Check`], kept in the container's
+//! record. The project supervisor runs the checks ([`monitor`]) for as long as containers
+//! run, and writes each container's [`Health`] (`starting`, `healthy`, `unhealthy`, the
+//! failing streak and the last results, as Docker's inspect shows them) to
+//! `<project>/files/<container>/health.json`, emitting `health_status` events on changes.
+//! `up` waits (`service_healthy`, `--wait`) and `ps` only read that file
+//! ([`read`], [`wait_healthy`]). Neighbours: `engine::supervisor`, `engine::lifecycle`,
 //! `berth_runtime::Container::exec`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
 
 use super::lifecycle::EngineError;
 use crate::image::store::Image;
 use crate::project::model::Service;
+use crate::state::{self, ProjectRecord, Root};
 
 /// Docker's defaults.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
@@ -19,7 +28,7 @@ const DEFAULT_RETRIES: u64 = 3;
 const DEFAULT_START_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A resolved healthcheck.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
     pub argv: Vec<String>,
     pub interval: Duration,
@@ -99,76 +108,227 @@ pub fn resolve(service: &Service, image: &Image) -> Option<Check> {
     })
 }
 
-/// Probe until healthy. Failures inside the start period don't count; `retries`
-/// consecutive failures after it make the container unhealthy.
+/// The health of one container run, as the supervisor last wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `starting`, `healthy` or `unhealthy`.
+    pub status: String,
+    pub failing_streak: u64,
+    /// The container's PID 1 this applies to (a restarted container starts over).
+    pub pid: i32,
+    /// The last results, newest last (at most [`LOG_LEN`]).
+    pub log: Vec<Probe>,
+}
+
+/// One probe's result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub start: String,
+    pub exit_code: i32,
+    pub output: String,
+}
+
+/// Results kept per container, like Docker.
+pub const LOG_LEN: usize = 5;
+
+/// Where the supervisor writes the health of `container`.
+pub fn path(root: &Root, project: &str, container: &str) -> std::path::PathBuf {
+    root.container_files_dir(project, container)
+        .join("health.json")
+}
+
+/// The current health of a running container, if it has a check and one was recorded for
+/// its current process.
+pub fn read(root: &Root, project: &str, c: &berth_runtime::Container) -> Option<Health> {
+    let h: Health = state::read_json(&path(root, project, c.id().as_str()))
+        .ok()
+        .flatten()?;
+    (Some(h.pid) == c.pid()).then_some(h)
+}
+
+/// Wait until the supervisor reports `container` healthy; an error when it turns
+/// unhealthy or exits first. `check` is `None` when it has no healthcheck.
 pub async fn wait_healthy(
-    service: &Service,
-    image: &Image,
+    root: &Root,
+    project: &str,
+    service: &str,
+    check: Option<&Check>,
     container: berth_runtime::Container,
 ) -> Result<(), EngineError> {
     let name = container.id().to_string();
-    let Some(check) = resolve(service, image) else {
+    if check.is_none() {
         return Err(EngineError::Invalid(format!(
-            "service {} has no healthcheck, so it can't become healthy",
-            service.name
+            "service {service} has no healthcheck, so it can't become healthy"
         )));
-    };
+    }
+    loop {
+        match container.status() {
+            Ok(berth_runtime::Status::Exited(x)) => {
+                return Err(EngineError::Invalid(format!(
+                    "container {name} exited ({}) before it became healthy",
+                    x.code
+                )))
+            }
+            Ok(berth_runtime::Status::Dead) => {
+                return Err(EngineError::Invalid(format!(
+                    "container {name} died before it became healthy"
+                )))
+            }
+            _ => {}
+        }
+        if let Some(h) = read(root, project, &container) {
+            match h.status.as_str() {
+                "healthy" => return Ok(()),
+                "unhealthy" => {
+                    let last = h
+                        .log
+                        .last()
+                        .map(|p| format!("exit {}: {}", p.exit_code, p.output.trim()))
+                        .unwrap_or_default();
+                    return Err(EngineError::Invalid(format!(
+                        "container {name} is unhealthy: {} failed checks, last: {last}",
+                        h.failing_streak
+                    )));
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run every container's healthcheck while it runs, until the process ends (the
+/// supervisor's loop): one task per container run, restarted when the container is.
+pub async fn monitor(root: Root, project: String) {
+    let runtime = berth_runtime::Runtime::new(root.containers_dir());
+    // (container, pid) → its probe task.
+    let mut tasks: HashMap<String, (i32, tokio::task::JoinHandle<()>)> = HashMap::new();
+    loop {
+        if let Ok(Some(record)) = state::read_json::<ProjectRecord>(&root.project_state(&project)) {
+            let mut live = Vec::new();
+            for c in &record.containers {
+                let Some(check) = c.health.clone() else {
+                    continue;
+                };
+                let rt = runtime.clone();
+                let id = c.id.clone();
+                let handle = tokio::task::spawn_blocking(move || {
+                    let h = rt.get(&id).ok()?;
+                    matches!(h.status(), Ok(berth_runtime::Status::Running)).then_some(h)
+                })
+                .await
+                .ok()
+                .flatten();
+                let Some(handle) = handle else { continue };
+                let Some(pid) = handle.pid() else { continue };
+                live.push(c.id.clone());
+                if tasks
+                    .get(&c.id)
+                    .is_some_and(|(p, t)| *p == pid && !t.is_finished())
+                {
+                    continue;
+                }
+                if let Some((_, t)) = tasks.remove(&c.id) {
+                    t.abort();
+                }
+                debug!(container = %c.id, pid, "healthcheck starts");
+                let task = tokio::spawn(probe_loop(
+                    root.clone(),
+                    project.clone(),
+                    handle,
+                    pid,
+                    check,
+                ));
+                tasks.insert(c.id.clone(), (pid, task));
+            }
+            tasks.retain(|id, (_, t)| {
+                let keep = live.contains(id);
+                if !keep {
+                    t.abort();
+                }
+                keep
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Docker's rules: probes every `start_interval` during the start period (failures there
+/// don't count, a success ends it), then every `interval`; `retries` consecutive failures
+/// make the container unhealthy, a success makes it healthy again. The first probe runs
+/// soon after the start (at most half a second), not a whole interval later.
+async fn probe_loop(
+    root: Root,
+    project: String,
+    container: berth_runtime::Container,
+    pid: i32,
+    check: Check,
+) {
+    let id = container.id().to_string();
+    let file = path(&root, &project, &id);
     let started = Instant::now();
     let container = std::sync::Arc::new(container);
-    let mut failures = 0u64;
-    let mut last;
+    let mut h = Health {
+        status: "starting".into(),
+        pid,
+        ..Default::default()
+    };
+    let _ = state::write_json(&file, &h);
+    let mut delay = check
+        .start_interval
+        .min(check.interval)
+        .min(Duration::from_millis(500));
     loop {
+        tokio::time::sleep(delay).await;
         let c = container.clone();
-        if let Ok(berth_runtime::Status::Exited(x)) = c.status() {
-            return Err(EngineError::Invalid(format!(
-                "container {name} exited ({}) before it became healthy",
-                x.code
-            )));
-        }
         let argv = check.argv.clone();
+        let start = super::events::now();
         let probe =
             tokio::task::spawn_blocking(move || c.exec(&berth_runtime::ExecSpec::new(argv)));
-        let ok = match tokio::time::timeout(check.timeout, probe).await {
+        let (exit_code, output) = match tokio::time::timeout(check.timeout, probe).await {
             Ok(Ok(Ok(out))) => {
-                last = format!(
-                    "exit {}: {}",
-                    out.code,
-                    String::from_utf8_lossy(&out.stdout).trim()
-                );
-                out.code == 0
+                let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.push_str(&String::from_utf8_lossy(&out.stderr));
+                (out.code, text.chars().take(4096).collect())
             }
-            Ok(Ok(Err(e))) => {
-                last = e.to_string();
-                false
-            }
-            Ok(Err(e)) => {
-                last = e.to_string();
-                false
-            }
-            Err(_) => {
-                last = format!("timed out after {:?}", check.timeout);
-                false
-            }
+            Ok(Ok(Err(e))) => (-1, e.to_string()),
+            Ok(Err(e)) => (-1, e.to_string()),
+            Err(_) => (-1, format!("timed out after {:?}", check.timeout)),
         };
-        if ok {
-            return Ok(());
-        }
-        let in_start = started.elapsed() < check.start_period;
-        if !in_start {
-            failures += 1;
-            if failures >= check.retries.max(1) {
-                return Err(EngineError::Invalid(format!(
-                    "container {name} is unhealthy: {} failed checks, last: {last}",
-                    failures
-                )));
+        let in_start = started.elapsed() < check.start_period && h.status == "starting";
+        let before = h.status.clone();
+        if exit_code == 0 {
+            h.failing_streak = 0;
+            h.status = "healthy".into();
+        } else if !in_start {
+            h.failing_streak += 1;
+            if h.failing_streak >= check.retries.max(1) {
+                h.status = "unhealthy".into();
             }
         }
-        tokio::time::sleep(if in_start {
+        h.log.push(Probe {
+            start,
+            exit_code,
+            output,
+        });
+        if h.log.len() > LOG_LEN {
+            h.log.remove(0);
+        }
+        let _ = state::write_json(&file, &h);
+        if h.status != before {
+            super::events::emit(
+                &root,
+                &project,
+                &container,
+                &format!("health_status: {}", h.status),
+                &[],
+            );
+        }
+        delay = if h.status == "starting" && started.elapsed() < check.start_period {
             check.start_interval
         } else {
             check.interval
-        })
-        .await;
+        };
     }
 }
 

@@ -107,6 +107,8 @@ pub struct PsRow {
     pub ports: Vec<String>,
     /// Host pid of the container's PID 1 while it runs.
     pub pid: Option<i32>,
+    /// `starting`, `healthy` or `unhealthy` for a running container with a healthcheck.
+    pub health: Option<String>,
 }
 
 /// Everything the lifecycle needs, opened on one state root.
@@ -606,6 +608,15 @@ impl Engine {
             if !all && !matches!(state, "running" | "paused" | "created") {
                 continue;
             }
+            let health = (state == "running")
+                .then(|| super::health::read(&self.root, project, &c))
+                .flatten()
+                .map(|h| h.status);
+            let status_text = match health.as_deref() {
+                Some("starting") => format!("{status_text} (health: starting)"),
+                Some(h) => format!("{status_text} ({h})"),
+                None => status_text,
+            };
             let id = c.id().to_string();
             rows.push(PsRow {
                 name: id.clone(),
@@ -625,6 +636,7 @@ impl Engine {
                 status: status_text,
                 exit_code: code,
                 pid: if state == "running" { c.pid() } else { None },
+                health,
                 ports: ports
                     .iter()
                     .filter(|p| p.container == id)
@@ -1590,6 +1602,7 @@ impl Run {
                     svc.restart.to_string()
                 },
                 stopped: false,
+                health: super::health::resolve(&svc, &image),
             });
             self.save(&r).await?;
         }
@@ -1667,7 +1680,6 @@ impl Run {
             .filter(|c| c.service == service)
             .map(|c| c.id.clone())
             .collect();
-        let svc = self.service(service)?.clone();
         for id in ids {
             let rt = self.engine.runtime.clone();
             let c = rt.get(&id).map_err(failed(format!("container {id}")))?;
@@ -1694,8 +1706,17 @@ impl Run {
                     }
                 }
                 Condition::Healthy => {
-                    let image = self.ensure_image(service).await?;
-                    super::health::wait_healthy(&svc, &image, c).await?;
+                    let check = self
+                        .record
+                        .lock()
+                        .await
+                        .containers
+                        .iter()
+                        .find(|r| r.id == id)
+                        .and_then(|r| r.health.clone());
+                    let e = &self.engine;
+                    super::health::wait_healthy(&e.root, self.name(), service, check.as_ref(), c)
+                        .await?;
                 }
             }
         }

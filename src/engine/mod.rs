@@ -34,9 +34,11 @@ pub async fn run_supervisor(root: &crate::state::Root, project: &str) -> anyhow:
     let services = dns::DnsServices::new(project, upstream);
     let monitor = tokio::spawn(restart::monitor(root.clone(), project.to_string()));
     let dies = tokio::spawn(events::watch_dies(root.clone(), project.to_string()));
+    let health = tokio::spawn(health::monitor(root.clone(), project.to_string()));
     let served = supervisor::serve(root, project, services).await;
     monitor.abort();
     dies.abort();
+    health.abort();
     served?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The per-project supervisor: a small tokio process started by `up` and found again by
 //! later commands through a socket and a lock in the project's state dir. It owns what must
-//! outlive one CLI invocation but not one container: the embedded DNS server (later also
-//! healthchecks, restart policies and events). Containers themselves are owned by their
+//! outlive one CLI invocation but not one container: the embedded DNS server, the
+//! healthchecks (`engine::health::monitor`), restart policies (`engine::restart`) and the
+//! `die` events (`engine::events`). Containers themselves are owned by their
 //! shims, so the supervisor can die and be replaced without touching them: a new one
 //! re-reads the project record from disk and serves the same answers.
 //!

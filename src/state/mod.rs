@@ -246,6 +246,9 @@ pub struct ContainerRecord {
     /// Stopped on purpose (`berth stop`): no restart policy brings it back.
     #[serde(default)]
     pub stopped: bool,
+    /// Its healthcheck (the service's or the image's), run by the supervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::engine::health::Check>,
 }
 
 /// One network attachment of a container, with the names DNS answers for it.

@@ -671,3 +671,94 @@ fn supervisor_runs_from_the_small_binary() {
     env.compose_ok(&dir, &["down"]);
     env.finish();
 }
+
+/// The stacks in `compose-examples/` come up with the fixture image (through the library
+/// API), answer on their published ports, and go away without a trace.
+#[test]
+fn compose_examples_come_up() {
+    require_root!();
+    let env = TestEnv::new("e2e-examples");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let examples = support::repo_root().join("compose-examples");
+    for (name, service, port, expect) in [
+        ("quickstart", "web", 8080, "hello from web"),
+        (
+            "wordpress-like",
+            "wordpress",
+            80,
+            "wordpress-like front, db at db:3306",
+        ),
+    ] {
+        let stack = env.stack(&examples.join(name)).up().expect(name);
+        let addr = stack.port(service, port).expect("published port");
+        let body = eventually(Duration::from_secs(5), || http_get(addr.port()));
+        assert!(body.contains(expect), "{name}: {body}");
+        if name == "quickstart" {
+            eventually(Duration::from_secs(10), || {
+                let logs = stack.logs("client").unwrap();
+                if logs.contains("hello from web") {
+                    Ok(())
+                } else {
+                    Err(logs)
+                }
+            });
+        } else {
+            // The db-like service answers by name on its port.
+            eventually(Duration::from_secs(10), || {
+                let out = stack
+                    .exec("wordpress", &["sh", "-c", "sleep 0.5 | nc -w 2 db 3306"])
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if text == "db:wordpress" {
+                    Ok(())
+                } else {
+                    Err(format!("{out:?}; db logs: {}", stack.logs("db").unwrap()))
+                }
+            });
+        }
+        stack.down().expect("down");
+    }
+    env.finish();
+}
+
+/// Healthchecks are the supervisor's: after `up --wait` returns, it keeps probing, `ps`
+/// shows the state, and a failing check turns the container unhealthy (and back).
+#[test]
+fn supervisor_runs_healthchecks() {
+    require_root!();
+    let env = TestEnv::new("e2e-healthmon");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("health-monitor");
+    env.compose_ok(&dir, &["up", "--wait"]);
+    let health = || {
+        ps_json(&env, &dir)[0]["health"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(health().as_deref(), Some("healthy"));
+    let table = env.compose_ok(&dir, &["ps"]);
+    assert!(table.contains("Up (healthy)"), "{table}");
+
+    env.compose_ok(&dir, &["exec", "app", "rm", "/tmp/ok"]);
+    eventually(Duration::from_secs(5), || match health() {
+        Some(h) if h == "unhealthy" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    env.compose_ok(&dir, &["exec", "app", "touch", "/tmp/ok"]);
+    eventually(Duration::from_secs(5), || match health() {
+        Some(h) if h == "healthy" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let events = std::fs::read_to_string(
+        env.root
+            .join("projects")
+            .join(&env.project)
+            .join("events.jsonl"),
+    )
+    .unwrap_or_default();
+    assert!(events.contains("health_status: unhealthy"), "{events}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}

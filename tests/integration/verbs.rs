@@ -481,10 +481,34 @@ fn create_then_start() {
     let rows = ps_rows(&env, &dir);
     assert_eq!(row(&rows, "app")["state"], "created", "{rows:?}");
     assert!(row(&rows, "app")["pid"].is_null(), "{rows:?}");
+    let created = env.compose_ok(&dir, &["ps", "-q", "--status", "created"]);
+    assert_eq!(created.trim(), format!("{}-app-1", env.project));
     env.compose_ok(&dir, &["start"]);
     let rows = ps_rows(&env, &dir);
     assert_eq!(row(&rows, "app")["state"], "running", "{rows:?}");
+    let created = env.compose_ok(&dir, &["ps", "-q", "--filter", "status=created"]);
+    assert_eq!(created.trim(), "");
     env.compose_ok(&dir, &["down"]);
     assert!(ps_rows(&env, &dir).is_empty());
+    env.finish();
+}
+
+/// `down --rmi all` removes the images the services used; plain `down` keeps them.
+#[test]
+fn down_rmi_all_removes_images() {
+    require_root!();
+    let env = TestEnv::new("verbs-rmi");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "rmi", SLEEPER);
+    env.compose_ok(&dir, &["down"]);
+    assert!(
+        !env.ok(&["image", "ls", "-q"]).trim().is_empty(),
+        "down keeps images"
+    );
+    env.compose_ok(&dir, &["up", "-d"]);
+    let (code, _, err) = env.compose(&dir, &["down", "--rmi", "all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("Image busybox  Removed"), "{err}");
+    assert_eq!(env.ok(&["image", "ls", "-q"]).trim(), "", "down --rmi all");
     env.finish();
 }

@@ -8,7 +8,8 @@
 //! `rootfs` mounts the [`CgroupView`] read-only inside the container.
 //!
 //! A hybrid host (v1 controllers plus a cgroup2 mount at `/sys/fs/cgroup/unified`, like this
-//! one) uses v1: the v2 hierarchy there holds no controller we need.
+//! one) uses v1: the v2 hierarchy there holds no controller we need. [`CGROUP_ROOT_ENV`]
+//! forces the v2 driver on a given cgroup2 mount (how the v2 path is tested on such a host).
 
 pub mod devices;
 pub mod v1;
@@ -31,6 +32,8 @@ pub enum CgroupError {
     Mountinfo(#[source] std::io::Error),
     #[error("no usable cgroup hierarchy is mounted")]
     NoHierarchy,
+    #[error("{path} (from ${}) is not a cgroup2 mount", CGROUP_ROOT_ENV)]
+    NotCgroup2 { path: PathBuf },
     #[error("cannot create cgroup {path}")]
     Create {
         path: PathBuf,
@@ -223,8 +226,20 @@ pub(crate) fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Overrides detection: the cgroup2 mountpoint to use (`BERTH_CGROUP_ROOT=/sys/fs/cgroup/unified`
+/// runs containers on the v2 driver on a hybrid host). Every berth process of a container
+/// (CLI, shim, exec helper) must see the same value; the helpers inherit it.
+pub const CGROUP_ROOT_ENV: &str = "BERTH_CGROUP_ROOT";
+
 /// Opens the cgroup of container `id` with the driver this host uses. Does not create it.
 pub fn open(id: &str) -> Result<Box<dyn CgroupManager>, CgroupError> {
+    if let Some(root) = std::env::var_os(CGROUP_ROOT_ENV).filter(|r| !r.is_empty()) {
+        let root = PathBuf::from(root);
+        if !root.join("cgroup.controllers").is_file() {
+            return Err(CgroupError::NotCgroup2 { path: root });
+        }
+        return Ok(Box::new(v2::CgroupV2::at(root, id)));
+    }
     let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
     let mounts = parse_mountinfo(&text);
     let has_v1 = mounts.iter().any(|m| !m.v2);

@@ -12,8 +12,10 @@
 //! EPERM. So the program is two filters: the allowlist (which allows `clone3`) and a one-rule
 //! filter returning ENOSYS for `clone3`. The kernel runs every installed filter and keeps the
 //! action with the highest precedence (ERRNO beats ALLOW; `seccomp(2)`), which gives Docker's
-//! behaviour. Only x86_64 is built: Docker also allows the i386 and x32 ABIs, which here fall
-//! into the default EPERM (arch mismatch kills the process, as seccompiler builds it).
+//! behaviour. Only x86_64 is built: Docker also allows the i386 and x32 ABIs (through the same
+//! name list). Here an i386 syscall (`int 0x80`, audit arch I386) fails seccompiler's arch check
+//! and kills the process with SIGSYS (exit 159), and x32 numbers (`| 0x40000000`) match no rule
+//! and get EPERM: stricter than Docker, never unfiltered (test `runtime::i386_syscalls_are_killed`).
 
 mod docker_profile;
 

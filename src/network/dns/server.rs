@@ -444,3 +444,92 @@ fn servfail(query: &[u8]) -> Vec<u8> {
         Err(_) => Vec::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_server::proto::op::Query;
+
+    fn handler(n: u8) -> Handler {
+        let registry = Registry::new("p");
+        for i in 0..n {
+            registry.add(
+                "net",
+                &format!("p-web-{i}"),
+                std::net::Ipv4Addr::new(10, 0, 0, 2 + i),
+                &["web".to_string()],
+            );
+        }
+        Handler {
+            network: "net".into(),
+            registry,
+            forwarder: Arc::new(Forwarder::new(Upstream::None)),
+        }
+    }
+
+    fn query(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 0x4242;
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(4096);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn src() -> SocketAddr {
+        "10.0.0.200:5353".parse().unwrap()
+    }
+
+    #[test]
+    fn udp_fast_path_answers_local_names_and_forwards_the_rest() {
+        let h = handler(2);
+        let raw = h
+            .udp_answer(&query("web.", RecordType::A, false), src())
+            .unwrap()
+            .unwrap();
+        let r = Message::from_vec(&raw).unwrap();
+        assert_eq!(r.metadata.id, 0x4242);
+        assert_eq!(r.metadata.message_type, MessageType::Response);
+        assert!(r.metadata.authoritative && r.metadata.recursion_desired);
+        assert_eq!(r.queries.len(), 1);
+        assert_eq!(r.answers.len(), 2);
+        let raw = h
+            .udp_answer(&query("nope.", RecordType::A, false), src())
+            .unwrap()
+            .unwrap();
+        let r = Message::from_vec(&raw).unwrap();
+        assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+        assert!(h
+            .udp_answer(&query("example.com.", RecordType::A, false), src())
+            .is_err());
+        // Garbage with a header: FORMERR with the same id; shorter: dropped.
+        let raw = h.udp_answer(&[0x42, 0x42, 1, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0xff], src());
+        let raw = raw.unwrap().unwrap();
+        assert_eq!(&raw[..2], &[0x42, 0x42]);
+        assert_eq!(raw[3] & 0x0f, 1);
+        assert_eq!(h.udp_answer(&[1, 2, 3], src()), Ok(None));
+    }
+
+    #[test]
+    fn udp_fast_path_truncates_beyond_512_bytes_without_edns() {
+        let h = handler(60);
+        let raw = h
+            .udp_answer(&query("web.", RecordType::A, false), src())
+            .unwrap()
+            .unwrap();
+        assert!(raw.len() <= 512, "{}", raw.len());
+        let r = Message::from_vec(&raw).unwrap();
+        assert!(r.metadata.truncation);
+        let raw = h
+            .udp_answer(&query("web.", RecordType::A, true), src())
+            .unwrap()
+            .unwrap();
+        let r = Message::from_vec(&raw).unwrap();
+        assert!(!r.metadata.truncation);
+        assert_eq!(r.answers.len(), 60);
+    }
+}
