@@ -304,14 +304,7 @@ impl Stack {
 
     /// The IPv4 address of the first container of `service` on its first network.
     pub fn ip(&self, service: &str) -> Result<Ipv4Addr, FixtureError> {
-        let record = self.record()?;
-        record
-            .containers
-            .iter()
-            .filter(|c| c.service == service)
-            .min_by_key(|c| c.number)
-            .and_then(|c| c.attachments.first())
-            .map(|a| a.ip)
+        self.address(service, None)
             .ok_or_else(|| self.not_found(format!("service {service} has no network address")))
     }
 
@@ -325,15 +318,24 @@ impl Stack {
             .find(|(k, _)| k.as_str() == network)
             .map(|(_, n)| n.name.clone())
             .unwrap_or_else(|| network.to_string());
-        let record = self.record()?;
-        record
+        self.address(service, Some(&full))
+            .ok_or_else(|| self.not_found(format!("service {service} is not on network {network}")))
+    }
+
+    /// The first container of `service`'s address on network `full` (its first network
+    /// when `None`).
+    fn address(&self, service: &str, full: Option<&str>) -> Option<Ipv4Addr> {
+        let record = self.record().ok()?;
+        let c = record
             .containers
             .iter()
             .filter(|c| c.service == service)
-            .min_by_key(|c| c.number)
-            .and_then(|c| c.attachments.iter().find(|a| a.network == full))
-            .map(|a| a.ip)
-            .ok_or_else(|| self.not_found(format!("service {service} is not on network {network}")))
+            .min_by_key(|c| c.number)?;
+        let a = match full {
+            Some(n) => c.attachments.iter().find(|a| a.network == n),
+            None => c.attachments.first(),
+        };
+        a.map(|a| a.ip)
     }
 
     /// Run `args` in the first container of `service` and wait for it (like
@@ -396,13 +398,7 @@ impl Stack {
             (self.engine.clone(), self.project.clone(), self.stop_timeout);
         self.block_on(async move {
             let name = project.name.as_str();
-            let declared: Vec<String> = project
-                .volumes
-                .values()
-                .filter(|v| !v.external)
-                .map(|v| v.name.clone())
-                .collect();
-            let volumes = engine.project_volumes(name, declared);
+            let volumes = engine.project_volumes(name, project.own_volume_names());
             engine.down(name, &volumes, timeout).await
         })
         .map_err(|e| self.engine_error("down", &e))

@@ -368,7 +368,8 @@ fn throughput_rows(
     port: u16,
     r: &mut Report,
 ) -> Result<()> {
-    let rounds = opts.runs.clamp(3, 5);
+    // A 100 MB sample takes about 0.1 s: enough of them that the medians hold on a busy box.
+    let rounds = opts.runs.clamp(5, 20);
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = in_netns(web, move || {
         let l = TcpListener::bind(("0.0.0.0", 7000))?;

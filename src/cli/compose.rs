@@ -396,12 +396,7 @@ async fn down(g: &GlobalOpts, args: DownArgs) -> anyhow::Result<ExitCode> {
     // is around (a fixture's temp dir already gone, a test cleaning up after a panic).
     let (name, declared, images) = match load(g, &[]) {
         Ok(project) => {
-            let declared: Vec<String> = project
-                .volumes
-                .values()
-                .filter(|v| !v.external)
-                .map(|v| v.name.clone())
-                .collect();
+            let declared = project.own_volume_names();
             // `--rmi all`: every service's image; `local`: only images built for the
             // project (named after it, services without `image:`; berth builds none yet).
             let images: Vec<String> = project

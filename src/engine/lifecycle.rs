@@ -357,13 +357,36 @@ impl Engine {
         let record = state::read_json::<ProjectRecord>(&self.root.project_state(project))
             .unwrap_or_default()
             .unwrap_or_default();
-        let mut ids: BTreeSet<String> = record.containers.iter().map(|c| c.id.clone()).collect();
+        // id → (service, services it depends on), from the labels (and the record for a
+        // container the runtime no longer knows).
+        let mut ids: BTreeMap<String, (String, Vec<String>)> = record
+            .containers
+            .iter()
+            .map(|c| (c.id.clone(), (c.service.clone(), Vec::new())))
+            .collect();
         for c in self.project_containers(project).await.unwrap_or_default() {
-            ids.insert(c.id().to_string());
+            let l = &c.spec().labels;
+            ids.insert(
+                c.id().to_string(),
+                (
+                    l.get(labels::SERVICE).cloned().unwrap_or_default(),
+                    spec::depends_on_services(
+                        l.get(labels::DEPENDS_ON).map(String::as_str).unwrap_or(""),
+                    ),
+                ),
+            );
         }
-        // The supervisor goes first: its restart policies must not race the stops below.
-        if let Err(e) = supervisor::shutdown(&self.root, project).await {
-            errors.push(chain(&e));
+        // Marked stopped on purpose first, so the supervisor's restart policies leave the
+        // containers alone while they stop; the supervisor itself goes last, so DNS still
+        // answers while dependents shut down gracefully.
+        if !record.containers.is_empty() {
+            let mut marked = record.clone();
+            for c in &mut marked.containers {
+                c.stopped = true;
+            }
+            if let Err(e) = state::write_json(&self.root.project_state(project), &marked) {
+                errors.push(chain(&e));
+            }
         }
         // Network state of the project's own networks goes in one `teardown_project`
         // below (one nft delete, one link-group delete); containers only leave external
@@ -374,15 +397,22 @@ impl Engine {
             .filter(|n| n.external)
             .map(|n| n.name.clone())
             .collect();
-        let mut tasks = Vec::new();
-        for id in ids {
-            let rec = record.containers.iter().find(|c| c.id == id).cloned();
-            tasks.push(self.remove_container(project, id, rec, timeout, Some(&external)));
-        }
-        for r in futures::future::join_all(tasks).await {
-            if let Err(e) = r {
-                errors.push(chain(&e));
+        // In reverse dependency order: each wave removes, in parallel, the containers no
+        // remaining container of another service depends on (dependents go first).
+        for wave in down_waves(ids) {
+            let mut tasks = Vec::new();
+            for id in wave {
+                let rec = record.containers.iter().find(|c| c.id == id).cloned();
+                tasks.push(self.remove_container(project, id, rec, timeout, Some(&external)));
             }
+            for r in futures::future::join_all(tasks).await {
+                if let Err(e) = r {
+                    errors.push(chain(&e));
+                }
+            }
+        }
+        if let Err(e) = supervisor::shutdown(&self.root, project).await {
+            errors.push(chain(&e));
         }
         if let Err(es) = self.networks.teardown_project(project).await {
             errors.extend(es.iter().map(|e| chain(e)));
@@ -676,6 +706,33 @@ impl Engine {
         out.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
         Ok(out)
     }
+}
+
+/// The order `down` removes containers in: waves of ids, dependents before what they
+/// depend on; a wave is every container no remaining container of another service depends
+/// on (all the rest at once if a cycle is left).
+fn down_waves(mut left: BTreeMap<String, (String, Vec<String>)>) -> Vec<Vec<String>> {
+    let mut waves = Vec::new();
+    while !left.is_empty() {
+        let needed: BTreeSet<&str> = left
+            .values()
+            .flat_map(|(svc, deps)| deps.iter().filter(move |d| *d != svc))
+            .map(String::as_str)
+            .collect();
+        let mut wave: Vec<String> = left
+            .iter()
+            .filter(|(_, (svc, _))| !needed.contains(svc.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if wave.is_empty() {
+            wave = left.keys().cloned().collect();
+        }
+        for id in &wave {
+            left.remove(id);
+        }
+        waves.push(wave);
+    }
+    waves
 }
 
 /// Start an existing container that is not running: a created one for the first time, a
@@ -1889,4 +1946,48 @@ fn port_binding(
         container_port: PortRange::single(p.target),
         protocol,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(id: &str, svc: &str, deps: &[&str]) -> (String, (String, Vec<String>)) {
+        (
+            id.into(),
+            (svc.into(), deps.iter().map(|d| d.to_string()).collect()),
+        )
+    }
+
+    #[test]
+    fn down_removes_dependents_first_in_parallel_waves() {
+        let waves = down_waves(BTreeMap::from([
+            c("p-db-1", "db", &[]),
+            c("p-web-1", "web", &["db", "cache"]),
+            c("p-web-2", "web", &["db", "cache"]),
+            c("p-cache-1", "cache", &[]),
+            c("p-lone-1", "lone", &[]),
+            c("p-proxy-1", "proxy", &["web"]),
+        ]));
+        assert_eq!(
+            waves,
+            vec![
+                vec!["p-lone-1".to_string(), "p-proxy-1".into()],
+                vec!["p-web-1".into(), "p-web-2".into()],
+                vec!["p-cache-1".into(), "p-db-1".into()],
+            ]
+        );
+        // A cycle (impossible after the loader, but from stale labels) still ends.
+        let waves = down_waves(BTreeMap::from([c("a", "a", &["b"]), c("b", "b", &["a"])]));
+        assert_eq!(waves, vec![vec!["a".to_string(), "b".into()]]);
+    }
+
+    #[test]
+    fn depends_on_label_round_trip() {
+        assert_eq!(
+            spec::depends_on_services("db:service_healthy:false,cache:service_started:true"),
+            vec!["db", "cache"]
+        );
+        assert!(spec::depends_on_services("").is_empty());
+    }
 }

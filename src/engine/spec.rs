@@ -26,6 +26,9 @@ pub mod labels {
     pub const WORKING_DIR: &str = "com.docker.compose.project.working_dir";
     pub const CONFIG_FILES: &str = "com.docker.compose.project.config_files";
     pub const IMAGE: &str = "com.docker.compose.image";
+    /// compose's `service:condition:restart,…` list of what the service depends on
+    /// (`down` stops dependents before what they depend on).
+    pub const DEPENDS_ON: &str = "com.docker.compose.depends_on";
 }
 
 /// Spec-building errors (bad input the loader could not see: it needs the image).
@@ -116,6 +119,34 @@ pub fn environment(service: &Service, image: &Image) -> Vec<String> {
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// compose's value of the `depends_on` label: `db:service_healthy:false,…`.
+pub fn depends_on_label(service: &Service) -> String {
+    use crate::project::model::Condition as C;
+    service
+        .depends_on
+        .iter()
+        .map(|(name, d)| {
+            let cond = match d.condition {
+                C::ServiceStarted => "service_started",
+                C::ServiceHealthy => "service_healthy",
+                C::ServiceCompletedSuccessfully => "service_completed_successfully",
+            };
+            format!("{}:{cond}:{}", name.as_str(), d.restart)
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The services named by a `depends_on` label.
+pub fn depends_on_services(label: &str) -> Vec<String> {
+    label
+        .split(',')
+        .filter_map(|e| e.split(':').next())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Build the runtime spec of one container.
 pub fn container_spec(
     service: &Service,
@@ -161,6 +192,7 @@ pub fn container_spec(
         labels::IMAGE.into(),
         service.image.clone().unwrap_or_default(),
     );
+    labels.insert(labels::DEPENDS_ON.into(), depends_on_label(service));
 
     let mut mounts: Vec<Mount> = p
         .etc_files

@@ -741,7 +741,7 @@ impl NetworkManager {
             self.store.save_ports(&l, project, &p)?;
             gone
         };
-        self.stop_proxies(&gone);
+        self.stop_proxies(&gone).await;
         self.sync_firewall(project).await?;
         let ports: Vec<_> = gone.iter().map(|r| (r.protocol, r.host_port)).collect();
         firewall::flush_conntrack(&[], &ports).await;
@@ -807,7 +807,7 @@ impl NetworkManager {
                 Err(e) => return Err(vec![e.into()]),
             };
             let recs: Vec<NetworkRecord> = recs;
-            self.stop_proxies(&ports);
+            self.stop_proxies(&ports).await;
             let subnets: Vec<Ipv4Net> = recs.iter().map(|r| r.subnet).collect();
             let pports: Vec<(Protocol, u16)> =
                 ports.iter().map(|r| (r.protocol, r.host_port)).collect();
@@ -943,11 +943,15 @@ impl NetworkManager {
         Ok(())
     }
 
-    fn stop_proxies(&self, recs: &[PortRecord]) {
-        let mut p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        for r in recs {
-            p.remove(&(r.protocol, r.host_port));
-        }
+    /// Stops the proxies of these records; their host ports are free on return.
+    async fn stop_proxies(&self, recs: &[PortRecord]) {
+        let stopped: Vec<proxy::Proxy> = {
+            let mut p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+            recs.iter()
+                .filter_map(|r| p.remove(&(r.protocol, r.host_port)))
+                .collect()
+        };
+        futures::future::join_all(stopped.into_iter().map(proxy::Proxy::stop)).await;
     }
 
     /// Rebuilds the project's nft table from the records (or deletes it when the project

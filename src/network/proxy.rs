@@ -25,7 +25,7 @@ const UDP_IDLE: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Proxy {
     listen: SocketAddr,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Proxy {
@@ -46,19 +46,34 @@ impl Proxy {
             }
         };
         debug!(%listen, %target, %proto, "userland proxy started");
-        Ok(Proxy { listen, task })
+        Ok(Proxy {
+            listen,
+            task: Some(task),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// Stops the proxy and waits until its task is gone, so the host port is free when
+    /// this returns (a plain drop only asks the runtime to cancel the task).
+    pub async fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+            debug!(listen = %self.listen, "userland proxy stopped");
+        }
     }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         // Aborting the loop drops its JoinSet, which aborts every relay.
-        self.task.abort();
-        debug!(listen = %self.listen, "userland proxy stopped");
+        if let Some(t) = self.task.take() {
+            t.abort();
+            debug!(listen = %self.listen, "userland proxy stopped");
+        }
     }
 }
 

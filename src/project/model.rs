@@ -61,6 +61,18 @@ pub enum CommandLine {
     Shell(String),
 }
 
+impl Project {
+    /// Full names of the volumes this project owns (declared, not `external`): what
+    /// `down -v` removes besides its anonymous volumes.
+    pub fn own_volume_names(&self) -> Vec<String> {
+        self.volumes
+            .values()
+            .filter(|v| !v.external)
+            .map(|v| v.name.clone())
+            .collect()
+    }
+}
+
 impl CommandLine {
     /// argv for the runtime. A shell string was checked to split at load time.
     pub fn argv(&self) -> Vec<String> {

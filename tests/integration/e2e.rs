@@ -12,17 +12,6 @@ fn ps_json(env: &TestEnv, dir: &std::path::Path) -> Vec<serde_json::Value> {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ps json {out:?}: {e}"))
 }
 
-fn http_get(port: u16) -> Result<String, String> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    Ok(body)
-}
-
 /// The thin end-to-end path: two busybox services on the project bridge, the client reaches
 /// the web server by service name through berth's DNS, the published port answers on
 /// 127.0.0.1, and `down` leaves nothing behind.
@@ -74,7 +63,7 @@ fn two_services_resolve_by_name_and_down_leaves_nothing() {
             Err(format!("client has not reached web by name yet: {logs}"))
         }
     });
-    let body = eventually(Duration::from_secs(5), || http_get(port));
+    let body = eventually(Duration::from_secs(5), || support::http_get(port));
     assert!(body.contains(&format!("hello from {web}")), "{body}");
 
     env.compose_ok(&dir, &["down"]);
@@ -110,14 +99,7 @@ fn second_up_converges() {
         "unchanged project was recreated"
     );
 
-    let out = env
-        .berth()
-        .current_dir(&dir)
-        .env("V", "2")
-        .args(["-p", &env.project, "up", "-d"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    env.compose_ok_env(&dir, &[("V", "2")], &["up", "-d"]);
     let second = pids(&ps_json(&env, &dir));
     assert_eq!(second[1], first[1], "b must not be recreated");
     assert_ne!(second[0].1, first[0].1, "a must be recreated");
@@ -470,7 +452,7 @@ fn library_fixture_api() {
 
     let addr = stack.port("web", 8080).expect("published port");
     assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
-    let body = http_get(addr.port()).expect("GET through the random published port");
+    let body = support::http_get(addr.port()).expect("GET through the random published port");
     assert!(
         body.contains(&format!("hello from {}-web-1", env.project)),
         "{body}"
@@ -622,14 +604,7 @@ fn depends_on_restart_true() {
             .unwrap_or_else(|| panic!("{svc} has no pid: {rows:?}"))
     };
     let before = ps_json(&env, &dir);
-    let out = env
-        .berth()
-        .current_dir(&dir)
-        .env("V", "2")
-        .args(["-p", &env.project, "up", "-d"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    env.compose_ok_env(&dir, &[("V", "2")], &["up", "-d"]);
     let after = ps_json(&env, &dir);
     assert_ne!(pid(&after, "db"), pid(&before, "db"), "db is recreated");
     assert_ne!(pid(&after, "web"), pid(&before, "web"), "web is restarted");
@@ -692,7 +667,7 @@ fn compose_examples_come_up() {
     ] {
         let stack = env.stack(&examples.join(name)).up().expect(name);
         let addr = stack.port(service, port).expect("published port");
-        let body = eventually(Duration::from_secs(5), || http_get(addr.port()));
+        let body = eventually(Duration::from_secs(5), || support::http_get(addr.port()));
         assert!(body.contains(expect), "{name}: {body}");
         if name == "quickstart" {
             eventually(Duration::from_secs(10), || {
@@ -760,5 +735,30 @@ fn supervisor_runs_healthchecks() {
     .unwrap_or_default();
     assert!(events.contains("health_status: unhealthy"), "{events}");
     env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `down` stops in reverse dependency order: web (which depends on db) gets its SIGTERM
+/// while db is still up and resolvable, so its graceful shutdown can still reach it.
+#[test]
+fn down_stops_dependents_first() {
+    require_root!();
+    let env = TestEnv::new("e2e-downorder");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("down-order");
+    env.compose_ok(&dir, &["up", "-d"]);
+    let data = env
+        .root
+        .join("volumes")
+        .join(format!("{}_out", env.project))
+        .join("_data");
+    eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(data.join("ready")).map_err(|e| e.to_string())
+    });
+    env.compose_ok(&dir, &["down", "-t", "5"]);
+    let result = std::fs::read_to_string(data.join("result")).unwrap_or_default();
+    assert_eq!(result.trim(), "db-alive");
+    env.compose_ok(&dir, &["down", "-v"]);
     env.finish();
 }

@@ -1615,8 +1615,8 @@ fn network_mode_service_and_container_share_the_namespace() {
     for svc in ["y", "z"] {
         assert_eq!(eth0_ip(&env, &dir, svc), x_ip, "{svc} must have x's eth0");
         let body = eventually(Duration::from_secs(5), || {
-            // nc, not wget: busybox wget segfaults under `berth exec` (seen here in
-            // every network mode; a runtime/exec issue, not a network one).
+            // nc, not wget: `wget -T 2 -O- http://…` against busybox httpd segfaulted
+            // (exit 139) under `berth exec` here, in bridge mode too; not investigated.
             let (code, out) = exec_in(
                 &env,
                 &dir,

@@ -2,7 +2,7 @@
 //! rm, port, events, wait, ls, cp, top, images. Real containers in a fresh network
 //! namespace with their own state root, one intent per test, leak-checked.
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -154,17 +154,6 @@ fn rm_stop_force_removes_everything() {
     env.finish();
 }
 
-fn http_get(port: u16) -> Result<String, String> {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-    Ok(body)
-}
-
 /// `port` prints the random host port of a published container port, and it answers on
 /// 127.0.0.1; a port that is not published is an error.
 #[test]
@@ -182,7 +171,7 @@ fn port_reports_the_random_host_port() {
     assert_eq!(ip, "0.0.0.0");
     let port: u16 = port.parse().expect("a port number");
     assert_ne!(port, 0);
-    let body = eventually(Duration::from_secs(5), || http_get(port));
+    let body = eventually(Duration::from_secs(5), || support::http_get(port));
     assert!(body.contains("portcheck"), "{body}");
 
     let (code, _, err) = env.compose(&dir, &["port", "web", "9999"]);

@@ -76,6 +76,18 @@ pub fn berth_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_berth"))
 }
 
+/// `GET /` over HTTP/1.0 from 127.0.0.1:`port`; the whole response.
+pub fn http_get(port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
 /// A compose project of the e2e tests: `tests/compose/<name>/` in the repository.
 pub fn compose_dir(name: &str) -> PathBuf {
     repo_root().join("tests/compose").join(name)
@@ -193,8 +205,29 @@ impl TestEnv {
 
     /// Run berth in `dir` with `-p <this test's project>` first; returns (code, out, err).
     pub fn compose(&self, dir: &Path, args: &[&str]) -> (i32, String, String) {
+        self.compose_env(dir, &[], args)
+    }
+
+    /// Like [`TestEnv::compose_ok`], with variables set in berth's environment (the
+    /// "shell" a compose file interpolates from).
+    pub fn compose_ok_env(&self, dir: &Path, vars: &[(&str, &str)], args: &[&str]) -> String {
+        let (code, out, err) = self.compose_env(dir, vars, args);
+        assert_eq!(
+            code, 0,
+            "berth {args:?} failed ({code}):\nstdout: {out}\nstderr: {err}"
+        );
+        out
+    }
+
+    fn compose_env(
+        &self,
+        dir: &Path,
+        vars: &[(&str, &str)],
+        args: &[&str],
+    ) -> (i32, String, String) {
         let out = self
             .berth()
+            .envs(vars.iter().copied())
             .current_dir(dir)
             .arg("-p")
             .arg(&self.project)
