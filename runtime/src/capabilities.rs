@@ -132,6 +132,8 @@ pub enum CapabilityError {
         #[source]
         source: std::io::Error,
     },
+    #[error("capability {cap} was asked for, but berth itself doesn't have it (not in its bounding or permitted set)")]
+    Unavailable { cap: Capability },
     #[error("capset failed")]
     Capset(#[source] std::io::Error),
     #[error("cannot clear the ambient capability set")]
@@ -185,6 +187,30 @@ impl CapSet {
     /// Every known capability (privileged containers).
     pub fn all() -> Self {
         Capability::all().collect()
+    }
+
+    /// The capabilities this process can hand on: its bounding ∩ permitted sets (root in
+    /// a restricted environment may lack some, e.g. CAP_SYS_RESOURCE).
+    pub fn available() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mask = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(u64::MAX)
+        };
+        CapSet(mask("CapBnd:") & mask("CapPrm:"))
+    }
+
+    /// Only the capabilities in both sets.
+    pub fn intersect(self, other: CapSet) -> Self {
+        CapSet(self.0 & other.0)
+    }
+
+    /// The first capability of `self` that is not in `other`.
+    pub fn first_missing(self, other: CapSet) -> Option<Capability> {
+        Capability::all().find(|c| self.contains(*c) && !other.contains(*c))
     }
 
     pub fn contains(self, cap: Capability) -> bool {

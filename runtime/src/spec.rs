@@ -356,13 +356,26 @@ impl ContainerSpec {
     }
 
     /// The capability set after `privileged`, `cap_add` and `cap_drop`.
+    /// The capability set after Docker's rules, limited to what this process can hand on:
+    /// `privileged` and `cap_add: [ALL]` mean "every capability berth has"; a capability
+    /// named explicitly that berth lacks is an error naming it.
     pub fn capabilities(&self) -> Result<CapSet, SpecError> {
-        CapSet::resolve(self.privileged, &self.cap_add, &self.cap_drop).map_err(|source| {
-            SpecError::Capability {
-                id: self.id.clone(),
-                source,
+        let err = |source| SpecError::Capability {
+            id: self.id.clone(),
+            source,
+        };
+        let want = CapSet::resolve(self.privileged, &self.cap_add, &self.cap_drop).map_err(err)?;
+        let avail = CapSet::available();
+        let everything =
+            self.privileged || self.cap_add.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
+        if !everything {
+            if let Some(cap) = want.first_missing(avail) {
+                return Err(err(crate::capabilities::CapabilityError::Unavailable {
+                    cap,
+                }));
             }
-        })
+        }
+        Ok(want.intersect(avail))
     }
 
     /// The stop signal (default SIGTERM).

@@ -66,8 +66,8 @@ struct Track {
 
 /// Watch the project's containers until the process ends.
 pub async fn monitor(root: Root, project: String) {
-    let runtime = berth_runtime::Runtime::new(root.containers_dir())
-        .with_helper(std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()));
+    // The default helper: the small `berth-shim` beside this binary (else this binary).
+    let runtime = berth_runtime::Runtime::new(root.containers_dir());
     let mut tracks: HashMap<String, Track> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -120,19 +120,16 @@ pub async fn monitor(root: Root, project: String) {
             let rt = runtime.clone();
             let id = c.id.clone();
             let (root2, project2) = (root.clone(), project.clone());
-            let res =
-                tokio::task::spawn_blocking(move || -> Result<(), berth_runtime::RuntimeError> {
-                    let old = rt.get(&id)?;
-                    // Its die event before the state dir goes.
-                    super::events::claim_die(&root2, &project2, &old);
-                    let spec = old.spec().clone();
-                    rt.delete(&id)?;
-                    let new = rt.run(&spec)?;
-                    super::events::emit(&root2, &project2, &new, "start", &[]);
-                    super::events::emit(&root2, &project2, &new, "restart", &[]);
-                    Ok(())
-                })
-                .await;
+            let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let old = rt.get(&id).map_err(|e| e.to_string())?;
+                // Claims its die event before the state dir goes.
+                let new = super::lifecycle::start_in_place(&rt, &root2, &project2, &old)
+                    .map_err(|e| super::lifecycle::chain(&e))?;
+                super::events::emit(&root2, &project2, &new, "start", &[]);
+                super::events::emit(&root2, &project2, &new, "restart", &[]);
+                Ok(())
+            })
+            .await;
             match res {
                 Ok(Ok(())) => {
                     track.restarts += 1;

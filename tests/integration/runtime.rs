@@ -233,6 +233,39 @@ fn no_new_privileges_only_when_asked() {
     fx.finish();
 }
 
+/// `privileged` gives every capability berth itself has (root here lacks
+/// CAP_SYS_RESOURCE, so "all" is clamped to the caller's bounding and permitted sets), and
+/// asking for a capability berth lacks is an error that names it.
+#[test]
+fn privileged_gets_every_capability_the_caller_has() {
+    crate::require_root!();
+    let fx = setup("rt-priv");
+    let mut spec = fx.spec("priv", &["grep", "CapEff", "/proc/self/status"]);
+    spec.privileged = true;
+    let (exit, out) = fx.run_to_exit(&spec);
+    assert_eq!(exit.code, 0, "{out}");
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mine = |k: &str| u64::from_str_radix(field(&status, k), 16).unwrap();
+    let theirs = u64::from_str_radix(field(&out, "CapEff:"), 16).unwrap();
+    assert_eq!(theirs, mine("CapBnd:") & mine("CapPrm:"), "{out}");
+
+    let missing = (0..=40u64).find(|n| mine("CapBnd:") & (1 << n) == 0);
+    if let Some(n) = missing {
+        let name = berth_runtime::capabilities::Capability::all()
+            .nth(n as usize)
+            .unwrap();
+        let mut spec = fx.spec("priv2", &["true"]);
+        spec.cap_add = vec![name.to_string()];
+        let err = fx.rt.run(&spec).map(|_| ()).unwrap_err();
+        assert!(
+            chain(&err).contains(&format!("capability {name} was asked for")),
+            "{}",
+            chain(&err)
+        );
+    }
+    fx.finish();
+}
+
 #[test]
 fn users_groups_and_home_come_from_the_rootfs() {
     crate::require_root!();
