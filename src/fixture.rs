@@ -354,7 +354,7 @@ impl Stack {
             self.name().to_string(),
             service.to_string(),
         );
-        self.block_on(async move { engine.exec(&name, &service, 1, spec, false).await })
+        self.block_on(async move { engine.exec(&name, &service, 1, spec).await })
             .map_err(|e| self.engine_error("exec", &e))
     }
 

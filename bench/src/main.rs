@@ -125,6 +125,15 @@ fn main() -> Result<()> {
     }
     // Commands run in other directories: make the binary path absolute.
     opts.berth = std::fs::canonicalize(&opts.berth)?;
+    // The lock berth's kernel tests hold: a bench and a test run never interleave (the
+    // tests' leak checker would see the bench's objects, and timings would mix).
+    let _lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/berth-tests.lock")
+        .ok()
+        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
     enter_private_netns()?;
     let work = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
     let mut report = Report::default();

@@ -637,6 +637,37 @@ impl Container {
         let (mut cmd, _keep) = rt
             .helper_command(crate::exec::MODE, &[&root, id, &json], &w)
             .map_err(spawn_err)?;
+        if exec.detach {
+            // Its own session, nothing attached: it outlives us and our terminal.
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    nix::unistd::setsid()
+                        .map(|_| ())
+                        .map_err(std::io::Error::from)
+                });
+            }
+            let mut child = cmd.spawn().map_err(spawn_err)?;
+            drop(w);
+            // EOF once the process runs; an error chain if it could not start.
+            if let Ok(Some(chain)) = protocol::receive::<ErrorChain>(r) {
+                let _ = child.wait();
+                return Err(RuntimeError::Exec {
+                    id: id.to_string(),
+                    chain,
+                });
+            }
+            // The helper stays until the process ends; reap it if we are still around.
+            std::thread::spawn(move || child.wait());
+            return Ok(ExecOutput {
+                code: 0,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            });
+        }
         if exec.tty {
             // The helper relays the pty to our own terminal: nothing is captured.
             let stdin = if exec.interactive {

@@ -45,6 +45,10 @@ pub struct ExecSpec {
     /// Forward stdin (`exec -i`); without it stdin is `/dev/null`.
     #[serde(default)]
     pub interactive: bool,
+    /// `exec -d`: `Container::exec` returns once the process runs; it keeps running in
+    /// its own session (no output is captured), reaped by its helper.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 impl ExecSpec {
@@ -199,6 +203,20 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
         ForkResult::Parent { child } => {
             drop(fail_w);
             let report = protocol::receive::<ErrorChain>(fail_r);
+            if exec.detach && report.as_ref().is_ok_and(|r| r.is_none()) {
+                // Started: close our end of the caller's report pipe (it reads EOF, "ok")
+                // by putting /dev/null in its place, then stay to reap the process.
+                if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+                    // SAFETY: dup2 onto fd 3, which stays open (now /dev/null) for its
+                    // owner in `main`; no other memory is touched.
+                    unsafe {
+                        libc::dup2(
+                            std::os::fd::AsRawFd::as_raw_fd(&null),
+                            crate::shim::REPORT_FD,
+                        )
+                    };
+                }
+            }
             if let Some((master, slave)) = pty {
                 drop(slave);
                 if report.as_ref().is_ok_and(|r| r.is_none()) {

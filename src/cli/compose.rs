@@ -500,10 +500,9 @@ async fn exec(g: &GlobalOpts, args: ExecArgs) -> anyhow::Result<ExitCode> {
         working_dir: args.workdir.clone(),
         tty,
         interactive: tty,
+        detach: args.detach,
     };
-    let out = engine
-        .exec(&name, &args.service, args.index, spec, args.detach)
-        .await?;
+    let out = engine.exec(&name, &args.service, args.index, spec).await?;
     use std::io::Write;
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;

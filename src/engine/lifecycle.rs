@@ -574,14 +574,14 @@ impl Engine {
         EngineError::all_ok(errors)
     }
 
-    /// `exec`: run a command in container `index` of `service` (detached: don't wait).
+    /// `exec`: run a command in container `index` of `service` (with `spec.detach`,
+    /// return once it runs).
     pub async fn exec(
         &self,
         project: &str,
         service: &str,
         index: u32,
         spec: berth_runtime::ExecSpec,
-        detach: bool,
     ) -> Result<berth_runtime::ExecOutput, EngineError> {
         let c = self
             .project_containers(project)
@@ -604,15 +604,8 @@ impl Engine {
             )));
         }
         let id = c.id().to_string();
-        let task = tokio::task::spawn_blocking(move || c.exec(&spec));
-        if detach {
-            return Ok(berth_runtime::ExecOutput {
-                code: 0,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            });
-        }
-        task.await
+        tokio::task::spawn_blocking(move || c.exec(&spec))
+            .await
             .map_err(failed(format!("exec in {id}")))?
             .map_err(failed(format!("exec in {id}")))
     }

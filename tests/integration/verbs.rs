@@ -501,3 +501,43 @@ fn down_rmi_all_removes_images() {
     assert_eq!(env.ok(&["image", "ls", "-q"]).trim(), "", "down --rmi all");
     env.finish();
 }
+
+/// `exec -d` returns while the command still runs, and the command outlives the CLI that
+/// started it (it finishes its work after `berth` has exited).
+#[test]
+fn exec_detached_outlives_the_cli() {
+    require_root!();
+    let env = TestEnv::new("verbs-execd");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "execd", SLEEPER);
+    let out = env.compose_ok(
+        &dir,
+        &[
+            "exec",
+            "-d",
+            "app",
+            "sh",
+            "-c",
+            "sleep 1; echo done > /tmp/detached",
+        ],
+    );
+    assert_eq!(out, "", "nothing is printed for a detached exec");
+    let (code, _, _) = env.compose(&dir, &["exec", "app", "test", "-f", "/tmp/detached"]);
+    assert_ne!(code, 0, "exec -d must not wait for the command");
+    eventually(Duration::from_secs(5), || {
+        let (code, out, _) = env.compose(&dir, &["exec", "app", "cat", "/tmp/detached"]);
+        if code == 0 && out.trim() == "done" {
+            Ok(())
+        } else {
+            Err(format!("{code} {out}"))
+        }
+    });
+    let (code, _, err) = env.compose(&dir, &["exec", "-d", "app", "/no/such/binary"]);
+    assert_ne!(
+        code, 0,
+        "a command that can't start is an error even with -d"
+    );
+    assert!(err.contains("/no/such/binary"), "{err}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
