@@ -329,7 +329,7 @@ impl Stack {
         let c = record
             .containers
             .iter()
-            .filter(|c| c.service == service)
+            .filter(|c| c.service == service && !c.oneoff)
             .min_by_key(|c| c.number)?;
         let a = match full {
             Some(n) => c.attachments.iter().find(|a| a.network == n),
@@ -415,7 +415,7 @@ impl Stack {
         self.record()?
             .containers
             .iter()
-            .find(|c| c.service == service && c.number == index)
+            .find(|c| c.service == service && c.number == index && !c.oneoff)
             .map(|c| c.id.clone())
             .ok_or_else(|| self.not_found(format!("service {service} has no container #{index}")))
     }

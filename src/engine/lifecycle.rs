@@ -175,7 +175,7 @@ impl Engine {
         let mut out = Vec::new();
         for c in self.project_containers(project).await? {
             let l = &c.spec().labels;
-            if l.get(labels::ONEOFF).map(String::as_str) == Some("True") {
+            if is_oneoff(&c) {
                 continue; // `run` containers are not the service's replicas
             }
             let running = matches!(
@@ -591,6 +591,7 @@ impl Engine {
                 let l = &c.spec().labels;
                 l.get(labels::SERVICE).map(String::as_str) == Some(service)
                     && l.get(labels::NUMBER).and_then(|n| n.parse().ok()) == Some(index)
+                    && !is_oneoff(c)
             })
             .ok_or_else(|| {
                 EngineError::Invalid(format!(
@@ -699,6 +700,11 @@ impl Engine {
         out.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
         Ok(out)
     }
+}
+
+/// A `run` one-off: not one of its service's replicas (`exec`, `port`, waits skip it).
+pub(crate) fn is_oneoff(c: &berth_runtime::Container) -> bool {
+    c.spec().labels.get(labels::ONEOFF).map(String::as_str) == Some("True")
 }
 
 /// The order `down` removes containers in: waves of ids, dependents before what they
@@ -1653,6 +1659,7 @@ impl Run {
                 },
                 stopped: false,
                 health: super::health::resolve(&svc, &image),
+                oneoff: self.oneoff,
             });
             self.save(&r).await?;
         }
@@ -1727,7 +1734,7 @@ impl Run {
             .await
             .containers
             .iter()
-            .filter(|c| c.service == service)
+            .filter(|c| c.service == service && !c.oneoff)
             .map(|c| c.id.clone())
             .collect();
         for id in ids {

@@ -450,7 +450,7 @@ impl Engine {
             .selected(project, &[service.to_string()])
             .await?
             .into_iter()
-            .find(|c| number_of(c) == index)
+            .find(|c| number_of(c) == index && !super::lifecycle::is_oneoff(c))
             .ok_or_else(|| {
                 EngineError::Invalid(format!("service \"{service}\" has no container #{index}"))
             })?;
@@ -697,7 +697,7 @@ impl Engine {
             .selected(project, &[service.to_string()])
             .await?
             .into_iter()
-            .find(|c| number_of(c) == index)
+            .find(|c| number_of(c) == index && !super::lifecycle::is_oneoff(c))
             .ok_or_else(|| {
                 EngineError::Invalid(format!("service \"{service}\" has no container #{index}"))
             })?;

@@ -249,6 +249,9 @@ pub struct ContainerRecord {
     /// Its healthcheck (the service's or the image's), run by the supervisor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::engine::health::Check>,
+    /// A `run` one-off, not one of the service's replicas.
+    #[serde(default)]
+    pub oneoff: bool,
 }
 
 /// One network attachment of a container, with the names DNS answers for it.

@@ -1712,7 +1712,9 @@ fn teardown_deletes_bridge_and_veths_as_one_link_group() {
             .expect("network");
         let (_a, _) = container(&mgr, "ga", &[(&net, None)]).await;
         let (_b, _) = container(&mgr, "gb", &[(&net, None)]).await;
-        let group = berth::network::link::link_group(&p).to_string();
+        let group = berth::network::link::link_group(&p);
+        // `ip` prints groups as a signed 32-bit number: 3055557120 shows as -1239410176.
+        let shown = |g: &str| g.parse::<i64>().ok().map(|v| v as u32);
         let out = output({
             let mut c = Command::new("ip");
             c.args(["-o", "link", "show"]);
@@ -1723,7 +1725,8 @@ fn teardown_deletes_bridge_and_veths_as_one_link_group() {
             .lines()
             .filter(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
-                w.windows(2).any(|p| p[0] == "group" && p[1] == group)
+                w.windows(2)
+                    .any(|p| p[0] == "group" && shown(p[1]) == Some(group))
             })
             .filter_map(|l| l.split(':').nth(1))
             .map(|n| n.trim().split('@').next().unwrap_or(""))
