@@ -762,3 +762,57 @@ fn down_stops_dependents_first() {
     env.compose_ok(&dir, &["down", "-v"]);
     env.finish();
 }
+
+/// Foreground `up` streams logs with the `app-1  | ` prefix; Ctrl-C (SIGINT to berth)
+/// stops the containers gracefully and berth exits 130, leaving them stopped, not removed.
+#[test]
+fn foreground_up_streams_logs_and_stops_on_ctrl_c() {
+    require_root!();
+    let env = TestEnv::new("e2e-fg");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("foreground");
+    let mut up = env
+        .berth()
+        .current_dir(&dir)
+        .args(["-p", &env.project, "up"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = up.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let _ = stdout.read_to_string(&mut seen);
+        seen
+    });
+    eventually(Duration::from_secs(10), || {
+        let rows = ps_json(&env, &dir);
+        if rows.iter().any(|r| r["state"] == "running") {
+            Ok(())
+        } else {
+            Err(format!("{rows:?}"))
+        }
+    });
+    // Let the log follower print the first line, then Ctrl-C.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = up.wait().unwrap();
+    let seen = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("app-1  | app started"), "{seen}");
+    assert!(
+        seen.contains("app-1  | got SIGTERM"),
+        "graceful stop: {seen}"
+    );
+    let rows = ps_json(&env, &dir);
+    assert_eq!(rows.len(), 1, "stopped, not removed: {rows:?}");
+    assert_eq!(rows[0]["state"], "exited");
+    assert_eq!(rows[0]["exit_code"], 0);
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
