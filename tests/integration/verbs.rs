@@ -541,3 +541,39 @@ fn exec_detached_outlives_the_cli() {
     env.compose_ok(&dir, &["down"]);
     env.finish();
 }
+
+/// `pull` fetches every service's image from its registry (a local one here) into the
+/// store, `-q` prints nothing, and a pull failure is an error naming the image unless
+/// `--ignore-pull-failures`.
+#[test]
+fn pull_fetches_service_images() {
+    require_root!();
+    let env = TestEnv::new("verbs-pull");
+    let reg = support::registry::Registry::start();
+    reg.push_layout(&support::images::busybox_layout(), "fixture/busybox", "v1");
+    let image = format!("{}/fixture/busybox:v1", reg.addr);
+    let dir = env.project_dir(
+        "pull",
+        &format!("services:\n  app:\n    image: {image}\n    command: [sleep, '3600']\n"),
+    );
+    assert_eq!(env.ok(&["image", "ls", "-q"]).trim(), "", "empty store first");
+    let out = env.compose_ok(&dir, &["pull", "-q"]);
+    assert_eq!(out.trim(), "", "-q prints nothing");
+    let ls = env.ok(&["image", "ls"]);
+    assert!(ls.contains("fixture/busybox"), "{ls}");
+
+    let missing = env.project_dir(
+        "pull-missing",
+        &format!(
+            "services:\n  app:\n    image: {}/fixture/nope:v1\n    command: [sleep, '1']\n",
+            reg.addr
+        ),
+    );
+    let (code, _, err) = env.compose(&missing, &["pull"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("fixture/nope"), "{err}");
+    let (code, _, err) = env.compose(&missing, &["pull", "--ignore-pull-failures"]);
+    assert_eq!(code, 0, "{err}");
+    drop(reg);
+    env.finish();
+}
