@@ -556,7 +556,11 @@ fn pull_fetches_service_images() {
         "pull",
         &format!("services:\n  app:\n    image: {image}\n    command: [sleep, '3600']\n"),
     );
-    assert_eq!(env.ok(&["image", "ls", "-q"]).trim(), "", "empty store first");
+    assert_eq!(
+        env.ok(&["image", "ls", "-q"]).trim(),
+        "",
+        "empty store first"
+    );
     let out = env.compose_ok(&dir, &["pull", "-q"]);
     assert_eq!(out.trim(), "", "-q prints nothing");
     let ls = env.ok(&["image", "ls"]);
