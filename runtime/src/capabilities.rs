@@ -208,11 +208,6 @@ impl CapSet {
         CapSet(self.0 & other.0)
     }
 
-    /// The first capability of `self` that is not in `other`.
-    pub fn first_missing(self, other: CapSet) -> Option<Capability> {
-        Capability::all().find(|c| self.contains(*c) && !other.contains(*c))
-    }
-
     pub fn contains(self, cap: Capability) -> bool {
         self.0 & (1u64 << cap as u8) != 0
     }

@@ -49,6 +49,10 @@ pub struct ExecSpec {
     /// its own session (no output is captured), reaped by its helper.
     #[serde(default)]
     pub detach: bool,
+    /// Kill the process (SIGKILL) when it runs longer than this (healthcheck timeouts),
+    /// so a hung probe never outlives its check.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 impl ExecSpec {
@@ -229,9 +233,21 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
                     crate::tty::relay(&master, exec.interactive);
                 }
             }
+            let mut deadline = exec
+                .timeout_ms
+                .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
             let status = loop {
-                match waitpid(child, None) {
+                let flags = deadline.map(|_| nix::sys::wait::WaitPidFlag::WNOHANG);
+                match waitpid(child, flags) {
                     Err(nix::Error::EINTR) => continue,
+                    Ok(WaitStatus::StillAlive) => {
+                        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                            let _ = nix::sys::signal::kill(child, nix::sys::signal::SIGKILL);
+                            deadline = None; // now wait for it to go
+                        } else {
+                            std::thread::sleep(std::time::Duration::from_millis(10));
+                        }
+                    }
                     other => break other,
                 }
             };

@@ -358,7 +358,7 @@ impl ContainerSpec {
     /// The capability set after `privileged`, `cap_add` and `cap_drop`.
     /// The capability set after Docker's rules, limited to what this process can hand on:
     /// `privileged` and `cap_add: [ALL]` mean "every capability berth has"; a capability
-    /// named explicitly that berth lacks is an error naming it.
+    /// named in `cap_add` that berth lacks is an error naming it.
     pub fn capabilities(&self) -> Result<CapSet, SpecError> {
         let err = |source| SpecError::Capability {
             id: self.id.clone(),
@@ -369,10 +369,15 @@ impl ContainerSpec {
         let everything =
             self.privileged || self.cap_add.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
         if !everything {
-            if let Some(cap) = want.first_missing(avail) {
-                return Err(err(crate::capabilities::CapabilityError::Unavailable {
-                    cap,
-                }));
+            // Only a capability named in `cap_add` is an error when berth lacks it; the
+            // defaults quietly shrink to what berth has (e.g. run from a restricted unit).
+            for name in &self.cap_add {
+                let cap: crate::capabilities::Capability = name.parse().map_err(err)?;
+                if !avail.contains(cap) {
+                    return Err(err(crate::capabilities::CapabilityError::Unavailable {
+                        cap,
+                    }));
+                }
             }
         }
         Ok(want.intersect(avail))

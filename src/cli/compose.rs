@@ -343,6 +343,16 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut logs = LogFollower::new(engine.clone(), name.clone(), Vec::new(), None, style);
     // Foreground `up` ends on Ctrl-C, or with --abort-on-container-exit when a container
     // exits (with --abort-on-container-failure: exits non-zero).
+    // Watched: the replicas of the services this `up` brought up (it started every one of
+    // them that was not running), not `run` one-offs or other services' containers.
+    let chosen = engine::lifecycle::select_services(&project, &args.services, args.no_deps)?;
+    let watched: Vec<String> = engine
+        .ps(&name, true)
+        .await?
+        .into_iter()
+        .filter(|r| !r.oneoff && chosen.contains(&r.service))
+        .map(|r| r.name)
+        .collect();
     let exited = async {
         if !abort {
             return std::future::pending().await;
@@ -350,7 +360,8 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
         loop {
             if let Ok(rows) = engine.ps(&name, true).await {
                 if let Some(r) = rows.iter().find(|r| {
-                    r.state == "exited"
+                    watched.contains(&r.name)
+                        && r.state == "exited"
                         && (!args.abort_on_container_failure || r.exit_code != Some(0))
                 }) {
                     return (r.name.clone(), r.exit_code.unwrap_or(0));
@@ -384,7 +395,7 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
         let rows = engine.ps(&name, true).await?;
         code = rows
             .iter()
-            .find(|r| &r.service == svc)
+            .find(|r| &r.service == svc && watched.contains(&r.name))
             .and_then(|r| r.exit_code)
             .unwrap_or(0);
     }
@@ -501,6 +512,7 @@ async fn exec(g: &GlobalOpts, args: ExecArgs) -> anyhow::Result<ExitCode> {
         tty,
         interactive: tty,
         detach: args.detach,
+        timeout_ms: None,
     };
     let out = engine.exec(&name, &args.service, args.index, spec).await?;
     use std::io::Write;
@@ -614,6 +626,9 @@ struct LogFollower {
     until: Option<i128>,
     /// Per log file: (inode, bytes consumed, an unterminated last line).
     files: std::collections::HashMap<std::path::PathBuf, (u64, u64, Vec<u8>)>,
+    /// `tail` applies to the files of the first pass only; containers that appear later
+    /// are shown from their first line.
+    first_pass: bool,
 }
 
 impl LogFollower {
@@ -633,6 +648,7 @@ impl LogFollower {
             since: None,
             until: None,
             files: Default::default(),
+            first_pass: true,
         }
     }
 
@@ -659,7 +675,7 @@ impl LogFollower {
                 continue;
             };
             let ino = f.metadata().map(|m| m.ino()).unwrap_or(0);
-            let first = !self.files.contains_key(path);
+            let first = self.first_pass && !self.files.contains_key(path);
             let entry = self
                 .files
                 .entry(path.clone())
@@ -700,6 +716,7 @@ impl LogFollower {
                 );
             }
         }
+        self.first_pass = false;
         Ok(())
     }
 

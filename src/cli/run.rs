@@ -67,6 +67,12 @@ pub struct RunArgs {
 }
 
 pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.detach && args.rm {
+        // Removing a detached one-off when it exits would need the supervisor to do it.
+        anyhow::bail!(
+            "run -d --rm is not supported yet: use run -d, then rm -s -f SERVICE or down"
+        );
+    }
     let mut project = super::compose::load(g, std::slice::from_ref(&args.service))?;
     let key = project
         .services
@@ -153,14 +159,39 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
         let _ = printer.await;
         r.with_context(|| format!("starting the dependencies of {}", args.service))?;
     }
-    engine
+    let started = engine
         .run_oneoff(project.clone(), &args.service, &name, !args.no_deps)
         .await
-        .with_context(|| format!("running service {}", args.service))?;
+        .with_context(|| format!("running service {}", args.service));
     if args.detach {
+        started?;
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
+    // From here on, `--rm` removes the one-off however this ends.
+    let result = match started {
+        Ok(()) => follow_to_exit(&engine, &name).await,
+        Err(e) => Err(e),
+    };
+    if args.rm {
+        let removed = engine
+            .remove_one(project.clone(), &name, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("removing {name}"));
+        if let (Ok(_), Err(e)) = (&result, removed) {
+            return Err(e);
+        }
+    }
+    let code = result?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Stream the one-off's output until it exits (Ctrl-C stops it); its exit code.
+async fn follow_to_exit(
+    engine: &std::sync::Arc<crate::engine::Engine>,
+    name: &str,
+) -> anyhow::Result<i32> {
+    let name = name.to_string();
     // Foreground: stream the one-off's output until it exits, then exit with its code.
     let log = engine
         .runtime
@@ -198,13 +229,7 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print_new(&mut printed)?;
-    if args.rm {
-        engine
-            .remove_one(project.clone(), &name, Duration::from_secs(10))
-            .await
-            .with_context(|| format!("removing {name}"))?;
-    }
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(code)
 }
 
 /// 32 random hex digits (a one-off container's name suffix, like compose's).

@@ -283,9 +283,19 @@ async fn probe_loop(
         let c = container.clone();
         let argv = check.argv.clone();
         let start = super::events::now();
-        let probe =
-            tokio::task::spawn_blocking(move || c.exec(&berth_runtime::ExecSpec::new(argv)));
-        let (exit_code, output) = match tokio::time::timeout(check.timeout, probe).await {
+        // The helper kills the probe at the timeout; the async timeout (a little later) is
+        // only a backstop, so a hung probe never holds a blocking thread for long.
+        let spec = berth_runtime::ExecSpec {
+            timeout_ms: Some(check.timeout.as_millis().max(1) as u64),
+            ..berth_runtime::ExecSpec::new(argv)
+        };
+        let probe = tokio::task::spawn_blocking(move || c.exec(&spec));
+        let backstop = check.timeout + Duration::from_secs(2);
+        let t0 = Instant::now();
+        let (exit_code, output) = match tokio::time::timeout(backstop, probe).await {
+            Ok(Ok(Ok(out))) if out.code == 137 && t0.elapsed() >= check.timeout => {
+                (-1, format!("timed out after {:?}", check.timeout))
+            }
             Ok(Ok(Ok(out))) => {
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -109,6 +109,9 @@ pub struct PsRow {
     pub pid: Option<i32>,
     /// `starting`, `healthy` or `unhealthy` for a running container with a healthcheck.
     pub health: Option<String>,
+    /// A `run` one-off.
+    #[serde(skip)]
+    pub oneoff: bool,
 }
 
 /// Everything the lifecycle needs, opened on one state root.
@@ -446,6 +449,8 @@ impl Engine {
         let (root2, project2) = (self.root.clone(), project.to_string());
         let netns_from_spec =
             tokio::task::spawn_blocking(move || -> Result<Option<PathBuf>, EngineError> {
+                // Held while it goes: a restart policy can't start it again meanwhile.
+                let _lock = lock_container(&root2, &id2);
                 let mut gone = None;
                 let netns = match rt.get(&id2) {
                     Ok(c) => {
@@ -477,6 +482,7 @@ impl Engine {
                 if let Some(c) = &gone {
                     super::events::emit(&root2, &project2, c, "destroy", &[]);
                 }
+                let _ = std::fs::remove_file(root2.container_lock(&id2));
                 Ok(netns)
             })
             .await
@@ -661,6 +667,7 @@ impl Engine {
                 exit_code: code,
                 pid: if state == "running" { c.pid() } else { None },
                 health,
+                oneoff: is_oneoff(&c),
                 ports: ports
                     .iter()
                     .filter(|p| p.container == id)
@@ -700,6 +707,20 @@ impl Engine {
         out.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
         Ok(out)
     }
+}
+
+/// Take container `id`'s lock (blocking); `None` if the lock file can't be made (then
+/// nothing is serialised, as before locks existed).
+pub(crate) fn lock_container(root: &Root, id: &str) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let path = root.container_lock(id);
+    let _ = std::fs::create_dir_all(path.parent()?);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .ok()?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
 }
 
 /// A `run` one-off: not one of its service's replicas (`exec`, `port`, waits skip it).
@@ -1225,7 +1246,7 @@ impl Run {
                 let ns = r
                     .containers
                     .iter()
-                    .filter(|c| &c.service == other)
+                    .filter(|c| &c.service == other && !c.oneoff)
                     .min_by_key(|c| c.number)
                     .and_then(|c| c.netns.clone())
                     .ok_or_else(|| {
@@ -1565,7 +1586,7 @@ impl Run {
                     let r = self.record.lock().await;
                     r.containers
                         .iter()
-                        .filter(|c| c.service == what)
+                        .filter(|c| c.service == what && !c.oneoff)
                         .min_by_key(|c| c.number)
                         .map(|c| c.id.clone())
                         .ok_or_else(|| {

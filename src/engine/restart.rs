@@ -109,29 +109,32 @@ pub async fn monitor(root: Root, project: String) {
             if seen.elapsed() < track.delay {
                 continue;
             }
-            // Re-read the record: `stop`/`up` may have marked it since this pass began.
-            if let Ok(Some(fresh)) =
-                state::read_json::<ProjectRecord>(&root.project_state(&project))
-            {
-                if fresh.containers.iter().all(|x| x.id != c.id || x.stopped) {
-                    continue;
-                }
-            }
             let rt = runtime.clone();
             let id = c.id.clone();
             let (root2, project2) = (root.clone(), project.clone());
-            let res = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let project_state = root.project_state(&project);
+            let res = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+                // Under the container's lock, and only if it is still not stopped on
+                // purpose: `down`/`rm` mark it first and remove it under the same lock.
+                let _lock = super::lifecycle::lock_container(&root2, &id);
+                let fresh = state::read_json::<ProjectRecord>(&project_state)
+                    .ok()
+                    .flatten();
+                if !fresh.is_some_and(|r| r.containers.iter().any(|x| x.id == id && !x.stopped)) {
+                    return Ok(false);
+                }
                 let old = rt.get(&id).map_err(|e| e.to_string())?;
                 // Claims its die event before the state dir goes.
                 let new = super::lifecycle::start_in_place(&rt, &root2, &project2, &old)
                     .map_err(|e| super::lifecycle::chain(&e))?;
                 super::events::emit(&root2, &project2, &new, "start", &[]);
                 super::events::emit(&root2, &project2, &new, "restart", &[]);
-                Ok(())
+                Ok(true)
             })
             .await;
             match res {
-                Ok(Ok(())) => {
+                Ok(Ok(false)) => {}
+                Ok(Ok(true)) => {
                     track.restarts += 1;
                     track.last_start = Instant::now();
                     track.exited_at = None;

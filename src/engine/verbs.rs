@@ -129,6 +129,22 @@ impl Engine {
         services: &[String],
     ) -> Result<Vec<berth_runtime::Container>, EngineError> {
         let mut out: Vec<_> = self
+            .selected_with_oneoffs(project, services)
+            .await?
+            .into_iter()
+            .filter(|c| !super::lifecycle::is_oneoff(c))
+            .collect();
+        out.sort_by_key(|c| (service_of(c), number_of(c)));
+        Ok(out)
+    }
+
+    /// Like `selected`, `run` one-offs included (what `rm` removes).
+    async fn selected_with_oneoffs(
+        &self,
+        project: &str,
+        services: &[String],
+    ) -> Result<Vec<berth_runtime::Container>, EngineError> {
+        let mut out: Vec<_> = self
             .project_containers(project)
             .await?
             .into_iter()
@@ -234,15 +250,17 @@ impl Engine {
             }));
         }
         let mut errors = Vec::new();
-        for t in tasks {
+        for (id, t) in ids.iter().zip(tasks) {
             match t.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => errors.push(chain(&e)),
-                Err(e) => errors.push(e.to_string()),
+                Ok(Err(e)) => errors.push((id.clone(), chain(&e))),
+                Err(e) => errors.push((id.clone(), e.to_string())),
             }
         }
-        EngineError::all_ok(errors)?;
-        let order: Vec<String> = if services.is_empty() {
+        // One that could not be stopped still runs: its restart policy applies again.
+        let failed: Vec<String> = errors.iter().map(|(id, _)| id.clone()).collect();
+        self.mark_stopped(project, &failed, false)?;
+        let mut order: Vec<String> = if services.is_empty() {
             order.to_vec()
         } else {
             order
@@ -251,7 +269,13 @@ impl Engine {
                 .cloned()
                 .collect()
         };
+        if order.is_empty() {
+            // No compose file to order by (`-p NAME`): just the services named.
+            order = services.to_vec();
+        }
+        // The ones that did stop start again even when others failed.
         let started = self.start_services(project, &order).await?;
+        EngineError::all_ok(errors.into_iter().map(|(_, e)| e).collect())?;
         for c in self.selected(project, services).await? {
             if started.iter().any(|s| s == c.id().as_str()) {
                 events::emit(&self.root, project, &c, "restart", &[]);
@@ -348,7 +372,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<Vec<String>, EngineError> {
         let targets: Vec<_> = self
-            .selected(project, services)
+            .selected_with_oneoffs(project, services)
             .await?
             .into_iter()
             .filter(|c| stop || !is_live(c))
@@ -1012,6 +1036,32 @@ pub mod copy {
         SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
     }
 
+    /// Open the regular file behind the `O_PATH` descriptor `fd` for I/O (`flags`),
+    /// refusing anything else. berth opens these on the host side, outside the container's
+    /// device rules: a device node or FIFO a container put there must never be opened for
+    /// real, so the type is checked on the very inode first, then that inode is reopened
+    /// through `/proc/self/fd`. Writers get the file truncated after the check.
+    fn reopen_regular(fd: OwnedFd, flags: OFlag, shown: &Path) -> Result<OwnedFd, CopyError> {
+        use std::os::fd::AsRawFd;
+        let st = fstat(&fd).map_err(sys(shown))?;
+        if kind(&st) != SFlag::S_IFREG {
+            return Err(CopyError::Msg(format!(
+                "{}: not a regular file",
+                shown.display()
+            )));
+        }
+        let out = nix::fcntl::open(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+            flags | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(shown))?;
+        if flags.contains(OFlag::O_WRONLY) {
+            nix::unistd::ftruncate(&out, 0).map_err(sys(shown))?;
+        }
+        Ok(out)
+    }
+
     /// The final component and parent of `p` (`None` for `/`).
     fn split(p: &Path) -> (PathBuf, Option<PathBuf>) {
         match (p.parent(), p.file_name()) {
@@ -1027,13 +1077,17 @@ pub mod copy {
         let mode = (st.st_mode & 0o7777) as u32;
         Ok(match kind(&st) {
             SFlag::S_IFREG => Some(Src::File(
-                openat(
-                    dir,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(sys(shown))?,
+                reopen_regular(
+                    openat(
+                        dir,
+                        name,
+                        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(sys(shown))?,
+                    OFlag::O_RDONLY,
+                    shown,
+                )?,
                 mode,
             )),
             SFlag::S_IFDIR => Some(Src::Dir(
@@ -1089,11 +1143,10 @@ pub mod copy {
                                     .map_err(sys(&src_path))?,
                                 mode,
                             ),
-                            SFlag::S_IFREG => Src::File(
-                                src.open(&src_path, OFlag::O_RDONLY)
-                                    .map_err(sys(&src_path))?,
-                                mode,
-                            ),
+                            // The inode checked above, not whatever the path names now.
+                            SFlag::S_IFREG => {
+                                Src::File(reopen_regular(fd, OFlag::O_RDONLY, &src_path)?, mode)
+                            }
                             _ => {
                                 return Err(CopyError::Msg(format!(
                                     "{}: not a regular file or directory",
@@ -1141,10 +1194,9 @@ pub mod copy {
                             )))
                         }
                         Src::File(sfd, _) => {
-                            // Through the scoped resolution: a symlink lands inside the tree.
-                            let out = dst
-                                .open(&dst_path, OFlag::O_WRONLY | OFlag::O_TRUNC)
-                                .map_err(sys(&dst_path))?;
+                            // Through the scoped resolution (a symlink lands inside the
+                            // tree), and only into the regular file checked here.
+                            let out = reopen_regular(fd, OFlag::O_WRONLY, &dst_path)?;
                             bytes += pipe(sfd, out, &dst_path)?;
                         }
                         s @ Src::Link(_) => {
@@ -1197,17 +1249,27 @@ pub mod copy {
     ) -> Result<(), CopyError> {
         match src {
             Src::File(sfd, mode) => {
-                let out = openat(
+                let out = match openat(
                     dir,
                     name,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_TRUNC
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
-                )
-                .map_err(sys(shown))?;
+                ) {
+                    Ok(fd) => fd,
+                    // Something is there: only a regular file may be overwritten.
+                    Err(Errno::EEXIST) => reopen_regular(
+                        openat(
+                            dir,
+                            name,
+                            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                            Mode::empty(),
+                        )
+                        .map_err(sys(shown))?,
+                        OFlag::O_WRONLY,
+                        shown,
+                    )?,
+                    Err(e) => return Err(sys(shown)(e)),
+                };
                 fchmod(out.as_fd(), Mode::from_bits_truncate(mode)).map_err(sys(shown))?;
                 *bytes += pipe(sfd, out, shown)?;
             }

@@ -77,6 +77,12 @@ impl Root {
         self.path.join("projects").join(project)
     }
 
+    /// The lock a container's restart (by policy) and its removal take, so they never
+    /// interleave: `<root>/locks/<container>`.
+    pub fn container_lock(&self, container: &str) -> PathBuf {
+        self.path.join("locks").join(container)
+    }
+
     /// Files the engine generates for one container (hosts, resolv.conf, hostname).
     pub fn container_files_dir(&self, project: &str, container: &str) -> PathBuf {
         self.project_dir(project).join("files").join(container)

@@ -504,6 +504,29 @@ fn pause_freezes_and_unpause_resumes() {
     fx.finish();
 }
 
+/// An exec with a timeout (what healthchecks use) is killed when it runs too long: the
+/// call returns 137 soon after the deadline and the process is gone from the container.
+#[test]
+fn exec_timeout_kills_the_process() {
+    crate::require_root!();
+    let fx = setup("rt-exectmo");
+    let c = fx.rt.run(&fx.spec("exectmo", &["sleep", "1000"])).unwrap();
+    let t = std::time::Instant::now();
+    let out = c
+        .exec(&ExecSpec {
+            timeout_ms: Some(300),
+            ..ExecSpec::new(["sleep", "77"])
+        })
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let ps = c.exec(&ExecSpec::new(["ps", "-o", "args"])).unwrap();
+    assert!(!ps.stdout_str().contains("sleep 77"), "{}", ps.stdout_str());
+    c.stop(Duration::from_secs(1)).unwrap();
+    fx.rt.delete("bt-exectmo").unwrap();
+    fx.finish();
+}
+
 #[test]
 fn exec_joins_the_same_namespaces_and_security() {
     crate::require_root!();

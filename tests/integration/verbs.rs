@@ -347,6 +347,52 @@ fn cp_round_trip() {
     env.finish();
 }
 
+/// `cp` never opens a device node or FIFO the container made (berth opens files on the
+/// host side, outside the container's device rules): copying into or out of one is refused
+/// at once instead of writing to a device or hanging on a FIFO.
+#[test]
+fn cp_refuses_devices_and_fifos() {
+    require_root!();
+    let env = TestEnv::new("verbs-cpdev");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "cpdev", SLEEPER);
+    let work = env.root.join("cpwork");
+    support::write_file(&work, "in.txt", "data\n");
+    let host = |p: &str| work.join(p).to_str().unwrap().to_string();
+    env.compose_ok(
+        &dir,
+        &[
+            "exec",
+            "app",
+            "sh",
+            "-c",
+            "mknod /tmp/dev c 1 3 && mkfifo /tmp/fifo",
+        ],
+    );
+    for (args, what) in [
+        (
+            vec!["cp".to_string(), host("in.txt"), "app:/tmp/dev".into()],
+            "into a device",
+        ),
+        (
+            vec!["cp".to_string(), "app:/tmp/fifo".into(), host("fifo-out")],
+            "out of a FIFO",
+        ),
+        (
+            vec!["cp".to_string(), "app:/tmp/dev".into(), host("dev-out")],
+            "out of a device",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = env.compose(&dir, &args);
+        assert_ne!(code, 0, "cp {what} must fail");
+        assert!(err.contains("not a regular file"), "{what}: {err}");
+    }
+    assert!(!work.join("fifo-out").exists() && !work.join("dev-out").exists());
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
+
 /// A symlink in the container pointing at a host file's path resolves inside the
 /// container: `cp` neither reads nor writes the host's file through it.
 #[test]
