@@ -73,16 +73,28 @@ impl Snapshot {
         diff("netns pin", &self.netns_pins, &now.netns_pins);
         diff("mount", &self.mounts, &now.mounts);
         diff("cgroup", &self.cgroups, &now.cgroups);
-        // Processes can take a moment to be reaped after their cgroup is killed.
-        let mut procs: BTreeSet<String> =
-            now.processes.difference(&self.processes).cloned().collect();
+        // A process is the same one while its pid and start time are (its command line
+        // changes when it execs); processes can take a moment to be reaped after their
+        // cgroup is killed.
+        let key = |p: &String| {
+            p.split_once("): ")
+                .map_or(p.clone(), |(k, _)| k.to_string())
+        };
+        let keys = |set: &BTreeSet<String>| set.iter().map(key).collect::<BTreeSet<_>>();
+        let before = keys(&self.processes);
+        let mut procs: BTreeSet<String> = now
+            .processes
+            .iter()
+            .filter(|p| !before.contains(&key(p)))
+            .cloned()
+            .collect();
         for _ in 0..50 {
             if procs.is_empty() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
-            let again = processes();
-            procs.retain(|p| again.contains(p));
+            let again = keys(&processes());
+            procs.retain(|p| again.contains(&key(p)));
         }
         for p in procs {
             out.push(format!("process: {p}"));
