@@ -95,6 +95,19 @@ pub(crate) struct Opts {
     only: Vec<u32>,
 }
 
+impl Opts {
+    /// A `berth` command on state root `root` in project dir `dir`. The bench's stacks
+    /// only resolve each other: DNS never forwards to the host resolver.
+    pub(crate) fn berth_cmd(&self, root: &Path, dir: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.berth);
+        c.env("BERTH_ROOT", root)
+            .env("BERTH_DNS_UPSTREAM", "none")
+            .current_dir(dir)
+            .args(args);
+        c
+    }
+}
+
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut opts = Opts {
@@ -127,13 +140,7 @@ fn main() -> Result<()> {
     opts.berth = std::fs::canonicalize(&opts.berth)?;
     // The lock berth's kernel tests hold: a bench and a test run never interleave (the
     // tests' leak checker would see the bench's objects, and timings would mix).
-    let _lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/berth-tests.lock")
-        .ok()
-        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
+    let _lock = berth_fixtures::kernel_lock_file();
     enter_private_netns()?;
     let work = tempfile::Builder::new().prefix("berth-bench-").tempdir()?;
     let mut report = Report::default();
@@ -424,15 +431,7 @@ fn compose_file(n: usize, ignore_term: bool) -> String {
 fn section_up_down(opts: &Opts, work: &Path, layout: Option<&Path>, r: &mut Report) {
     let s = "2 up/down";
     let root = work.join("updown-root");
-    let berth = |args: &[&str], dir: &Path| {
-        let mut c = Command::new(&opts.berth);
-        // The bench's stacks only resolve each other: never forward to the host resolver.
-        c.env("BERTH_ROOT", &root)
-            .env("BERTH_DNS_UPSTREAM", "none")
-            .current_dir(dir)
-            .args(args);
-        c
-    };
+    let berth = |args: &[&str], dir: &Path| opts.berth_cmd(&root, dir, args);
     // The busybox image must be loadable into the bench's own state root.
     let Some(layout) = layout else {
         r.note(s, "skipped: no busybox fixture image");
@@ -755,14 +754,7 @@ fn section_rss(opts: &Opts, work: &Path, layout: Option<&Path>, r: &mut Report) 
     if std::fs::write(dir.join("compose.yaml"), compose_file(10, true)).is_err() {
         return;
     }
-    let berth = |args: &[&str]| {
-        let mut c = Command::new(&opts.berth);
-        c.env("BERTH_ROOT", &root)
-            .env("BERTH_DNS_UPSTREAM", "none")
-            .current_dir(&dir)
-            .args(args);
-        c
-    };
+    let berth = |args: &[&str]| opts.berth_cmd(&root, &dir, args);
     let Some(layout) = layout else {
         r.note(s, "skipped: no busybox fixture image");
         return;

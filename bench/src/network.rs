@@ -103,14 +103,7 @@ fn project_rows(opts: &Opts, work: &Path, layout: &Path, r: &mut Report) -> Resu
         dir.join("compose.yaml"),
         format!("services:\n  web:\n{svc}    ports:\n      - \"127.0.0.1:{port}:7000\"\n  client:\n{svc}"),
     )?;
-    let berth = |args: &[&str]| {
-        let mut c = Command::new(&opts.berth);
-        c.env("BERTH_ROOT", &root)
-            .env("BERTH_DNS_UPSTREAM", "none")
-            .current_dir(&dir)
-            .args(args);
-        c
-    };
+    let berth = |args: &[&str]| opts.berth_cmd(&root, &dir, args);
     time_cmd(&mut berth(&[
         "image",
         "load",

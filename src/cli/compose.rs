@@ -336,6 +336,7 @@ async fn up(g: &GlobalOpts, args: UpArgs) -> anyhow::Result<ExitCode> {
         color: std::io::IsTerminal::is_terminal(&std::io::stdout()),
         timestamps: false,
         no_prefix: false,
+        raw: false,
     };
     let abort = args.abort_on_container_exit
         || args.abort_on_container_failure
@@ -549,6 +550,7 @@ async fn logs(g: &GlobalOpts, args: LogsArgs) -> anyhow::Result<ExitCode> {
             color,
             timestamps: args.timestamps,
             no_prefix: args.no_log_prefix,
+            raw: false,
         },
     );
     logs.since = bound("since", &args.since)?;
@@ -605,22 +607,27 @@ fn prefix_of(service: &str, n: u32) -> String {
 }
 
 /// How log lines are printed.
-#[derive(Debug, Clone, Copy)]
-struct LogStyle {
-    color: bool,
-    timestamps: bool,
-    no_prefix: bool,
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LogStyle {
+    pub(crate) color: bool,
+    pub(crate) timestamps: bool,
+    pub(crate) no_prefix: bool,
+    /// The containers' own output as they wrote it: stdout to stdout, stderr to stderr,
+    /// no prefix (what `run` shows).
+    pub(crate) raw: bool,
 }
 
 /// Prints the project's logs: the last `tail` lines of each container first, then (each
 /// [`LogFollower::pass`]) only what was appended since, read from the byte offset where the
 /// previous pass stopped, picking up new containers and rotated files.
-struct LogFollower {
+pub(crate) struct LogFollower {
     engine: Arc<Engine>,
     project: String,
     services: Vec<String>,
     tail: Option<usize>,
     style: LogStyle,
+    /// Only this container's log, when set.
+    pub(crate) only: Option<String>,
     /// Only lines with a time in `since..=until` (unix ns).
     since: Option<i128>,
     until: Option<i128>,
@@ -632,7 +639,7 @@ struct LogFollower {
 }
 
 impl LogFollower {
-    fn new(
+    pub(crate) fn new(
         engine: Arc<Engine>,
         project: String,
         services: Vec<String>,
@@ -645,6 +652,7 @@ impl LogFollower {
             services,
             tail,
             style,
+            only: None,
             since: None,
             until: None,
             files: Default::default(),
@@ -661,7 +669,7 @@ impl LogFollower {
     }
 
     /// Print what is new in every log file.
-    async fn pass(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn pass(&mut self) -> anyhow::Result<()> {
         use std::io::{Read, Seek};
         use std::os::unix::fs::MetadataExt;
         let files = self.engine.log_files(&self.project, &self.services).await?;
@@ -670,7 +678,10 @@ impl LogFollower {
             .map(|f| prefix_of(&f.1, f.2).len())
             .max()
             .unwrap_or(0);
-        for (i, (_, svc, n, path)) in files.iter().enumerate() {
+        for (i, (id, svc, n, path)) in files.iter().enumerate() {
+            if self.only.as_ref().is_some_and(|o| o != id) {
+                continue;
+            }
             let Ok(mut f) = std::fs::File::open(path) else {
                 continue;
             };
@@ -705,6 +716,10 @@ impl LogFollower {
                 }
             }
             for l in &lines {
+                if self.style.raw {
+                    render::raw_log_line(l)?;
+                    continue;
+                }
                 render::log_line(
                     &prefix_of(svc, *n),
                     width,

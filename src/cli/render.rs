@@ -219,6 +219,17 @@ fn one_line(s: &str) -> String {
 
 const COLORS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
 
+/// One log line as the container wrote it: stdout to stdout, stderr to stderr.
+pub fn raw_log_line(line: &berth_runtime::log::LogLine) -> std::io::Result<()> {
+    if line.stream == "stderr" {
+        std::io::stderr().lock().write_all(line.log.as_bytes())
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(line.log.as_bytes())?;
+        out.flush()
+    }
+}
+
 /// One log line with compose's `service-1  | ` prefix (coloured per container on a TTY).
 pub fn log_line(
     prefix: &str,

@@ -170,7 +170,7 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // From here on, `--rm` removes the one-off however this ends.
     let result = match started {
-        Ok(()) => follow_to_exit(&engine, &name).await,
+        Ok(()) => follow_to_exit(&engine, pname.as_str(), &args.service, &name).await,
         Err(e) => Err(e),
     };
     if args.rm {
@@ -189,46 +189,37 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Stream the one-off's output until it exits (Ctrl-C stops it); its exit code.
 async fn follow_to_exit(
     engine: &std::sync::Arc<crate::engine::Engine>,
+    project: &str,
+    service: &str,
     name: &str,
 ) -> anyhow::Result<i32> {
-    let name = name.to_string();
-    // Foreground: stream the one-off's output until it exits, then exit with its code.
-    let log = engine
-        .runtime
-        .get(&name)
-        .map(|c| c.log_path())
-        .with_context(|| format!("container {name}"))?;
-    let mut printed = 0usize;
-    let print_new = |printed: &mut usize| -> anyhow::Result<()> {
-        use std::io::Write;
-        let lines = berth_runtime::log::read_log(&log).unwrap_or_default();
-        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-        for l in lines.iter().skip(*printed) {
-            if l.stream == "stderr" {
-                err.write_all(l.log.as_bytes())?;
-            } else {
-                out.write_all(l.log.as_bytes())?;
-            }
-        }
-        out.flush()?;
-        *printed = lines.len().max(*printed);
-        Ok(())
+    let style = super::compose::LogStyle {
+        raw: true,
+        ..Default::default()
     };
+    let mut logs = super::compose::LogFollower::new(
+        engine.clone(),
+        project.to_string(),
+        vec![service.to_string()],
+        None,
+        style,
+    );
+    logs.only = Some(name.to_string());
     let code = loop {
         tokio::select! {
-            r = engine.wait_exit(&name) => break r?,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => print_new(&mut printed)?,
+            r = engine.wait_exit(name) => break r?,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => logs.pass().await?,
             _ = tokio::signal::ctrl_c() => {
                 // Like docker: Ctrl-C stops the one-off (SIGTERM, then SIGKILL after 10 s).
                 let rt = engine.runtime.clone();
-                let n = name.clone();
+                let n = name.to_string();
                 tokio::task::spawn_blocking(move || rt.get(&n).and_then(|c| c.stop(Duration::from_secs(10))))
                     .await?
                     .ok();
             }
         }
     };
-    print_new(&mut printed)?;
+    logs.pass().await?;
     Ok(code)
 }
 

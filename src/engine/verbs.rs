@@ -1036,6 +1036,23 @@ pub mod copy {
         SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
     }
 
+    /// [`reopen_regular`] of the entry `name` of `dir`, not following a symlink there.
+    fn open_regular_at(
+        dir: &OwnedFd,
+        name: &Path,
+        flags: OFlag,
+        shown: &Path,
+    ) -> Result<OwnedFd, CopyError> {
+        let fd = openat(
+            dir,
+            name,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(shown))?;
+        reopen_regular(fd, flags, shown)
+    }
+
     /// Open the regular file behind the `O_PATH` descriptor `fd` for I/O (`flags`),
     /// refusing anything else. berth opens these on the host side, outside the container's
     /// device rules: a device node or FIFO a container put there must never be opened for
@@ -1077,17 +1094,7 @@ pub mod copy {
         let mode = (st.st_mode & 0o7777) as u32;
         Ok(match kind(&st) {
             SFlag::S_IFREG => Some(Src::File(
-                reopen_regular(
-                    openat(
-                        dir,
-                        name,
-                        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(sys(shown))?,
-                    OFlag::O_RDONLY,
-                    shown,
-                )?,
+                open_regular_at(dir, name, OFlag::O_RDONLY, shown)?,
                 mode,
             )),
             SFlag::S_IFDIR => Some(Src::Dir(
@@ -1257,17 +1264,7 @@ pub mod copy {
                 ) {
                     Ok(fd) => fd,
                     // Something is there: only a regular file may be overwritten.
-                    Err(Errno::EEXIST) => reopen_regular(
-                        openat(
-                            dir,
-                            name,
-                            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .map_err(sys(shown))?,
-                        OFlag::O_WRONLY,
-                        shown,
-                    )?,
+                    Err(Errno::EEXIST) => open_regular_at(dir, name, OFlag::O_WRONLY, shown)?,
                     Err(e) => return Err(sys(shown)(e)),
                 };
                 fchmod(out.as_fd(), Mode::from_bits_truncate(mode)).map_err(sys(shown))?;

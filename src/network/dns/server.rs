@@ -131,27 +131,9 @@ impl Handler {
                 meta.response_code = ResponseCode::NXDomain;
                 Vec::new()
             }
-            Local::Addrs(ips) => {
+            local => {
                 meta.authoritative = true;
-                if matches!(qtype, RecordType::A | RecordType::ANY) {
-                    ips.iter()
-                        .map(|ip| Record::from_rdata(qname.clone(), LOCAL_TTL, RData::A(A(*ip))))
-                        .collect()
-                } else {
-                    Vec::new()
-                }
-            }
-            Local::Ptr(target) => {
-                meta.authoritative = true;
-                if matches!(qtype, RecordType::PTR | RecordType::ANY) {
-                    vec![Record::from_rdata(
-                        qname.clone(),
-                        LOCAL_TTL,
-                        RData::PTR(PTR(target)),
-                    )]
-                } else {
-                    Vec::new()
-                }
+                local_records(local, &qname, qtype)
             }
         };
         resp.metadata = meta;
@@ -206,41 +188,10 @@ impl Handler {
         meta.recursion_available = true;
         let answer = self.decide(&qname, request.src());
         match answer {
-            Local::Addrs(ips) => {
+            local @ (Local::Addrs(_) | Local::Ptr(_)) => {
                 meta.authoritative = true;
-                // AAAA and other types of a known name: empty NOERROR (NODATA), which is
-                // what busybox nslookup's parallel AAAA query needs.
-                let records: Vec<Record> = if matches!(qtype, RecordType::A | RecordType::ANY) {
-                    ips.iter()
-                        .map(|ip| Record::from_rdata(qname.clone(), LOCAL_TTL, RData::A(A(*ip))))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
+                let records = local_records(local, &qname, qtype);
                 debug!(network = %self.network, name = %qname, ?qtype, answers = records.len(), "dns local answer");
-                let resp = MessageResponseBuilder::from_message_request(request).build(
-                    meta,
-                    records.iter(),
-                    [],
-                    [],
-                    [],
-                );
-                rh.send_response(resp)
-                    .await
-                    .unwrap_or_else(|_| fail(ResponseCode::ServFail))
-            }
-            Local::Ptr(target) => {
-                meta.authoritative = true;
-                let records: Vec<Record> = if matches!(qtype, RecordType::PTR | RecordType::ANY) {
-                    vec![Record::from_rdata(
-                        qname.clone(),
-                        LOCAL_TTL,
-                        RData::PTR(PTR(target)),
-                    )]
-                } else {
-                    Vec::new()
-                };
-                debug!(network = %self.network, name = %qname, ?qtype, "dns reverse answer");
                 let resp = MessageResponseBuilder::from_message_request(request).build(
                     meta,
                     records.iter(),
@@ -442,6 +393,26 @@ fn servfail(query: &[u8]) -> Vec<u8> {
             resp.to_vec().unwrap_or_default()
         }
         Err(_) => Vec::new(),
+    }
+}
+
+/// The records of a local answer for `qtype`: the A records of a known name, the PTR of a
+/// known address; for other types of a known name none (an empty NOERROR, NODATA, which is
+/// what busybox nslookup's parallel AAAA query needs); none for NXDOMAIN.
+fn local_records(local: Local, qname: &Name, qtype: RecordType) -> Vec<Record> {
+    match local {
+        Local::Addrs(ips) if matches!(qtype, RecordType::A | RecordType::ANY) => ips
+            .iter()
+            .map(|ip| Record::from_rdata(qname.clone(), LOCAL_TTL, RData::A(A(*ip))))
+            .collect(),
+        Local::Ptr(target) if matches!(qtype, RecordType::PTR | RecordType::ANY) => {
+            vec![Record::from_rdata(
+                qname.clone(),
+                LOCAL_TTL,
+                RData::PTR(PTR(target)),
+            )]
+        }
+        _ => Vec::new(),
     }
 }
 

@@ -47,27 +47,20 @@ pub fn is_root() -> bool {
 
 static KERNEL_LOCK: Mutex<()> = Mutex::new(());
 
-/// Held while a test touches the kernel: the in-process mutex, plus an exclusive flock
-/// on `/run/berth-tests.lock` so that test runs in other processes (another checkout, a
-/// second `cargo test`) don't interleave with this one and trip each other's leak checks.
+/// Held while a test touches the kernel: the in-process mutex, plus the cross-process
+/// lock the bench takes too (`berth_fixtures::kernel_lock_file`), so that test runs in
+/// other processes don't interleave with this one and trip each other's leak checks.
 pub struct KernelLock {
     _guard: MutexGuard<'static, ()>,
-    _file: Option<nix::fcntl::Flock<std::fs::File>>,
+    _file: Option<std::fs::File>,
 }
 
 /// Serialise tests that touch the kernel; a panicking holder does not poison later tests.
 pub fn kernel_lock() -> KernelLock {
     let guard = KERNEL_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/berth-tests.lock")
-        .ok()
-        .and_then(|f| nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok());
     KernelLock {
         _guard: guard,
-        _file: file,
+        _file: berth_fixtures::kernel_lock_file(),
     }
 }
 
