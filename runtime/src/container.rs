@@ -4,7 +4,7 @@
 //! gives handles with `status`, `signal`, `stop`, `pause`/`unpause`, `exec`, `stats`, `wait`
 //! and `delete`. Safe to call from a multi-threaded (tokio) process: it never forks to do
 //! namespace work itself, it spawns berth's binary in a hidden mode (`shim`, `exec`), from a
-//! sealed memfd copy (`sealed_exe`). Blocking calls (`run`, `wait`, `stop`, `exec`) should go
+//! sealed view of the helper (`sealed_exe`). Blocking calls (`run`, `wait`, `stop`, `exec`) should go
 //! through `spawn_blocking` in async code. Neighbours: `state` (files), `cgroups`, `seccomp`.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -97,7 +97,7 @@ pub enum Status {
 
 /// The helper binary for the shim and exec modes: `berth-shim` beside the running
 /// executable when it is there, else the running executable itself. Every container start
-/// copies the helper into a sealed memfd (CVE-2019-5736), so a small helper (a couple of
+/// maps the helper from a sealed view (CVE-2019-5736), so a small helper (a couple of
 /// MB with only this crate in it, against the CLI's 20 MB) is start-up time saved.
 pub fn default_helper() -> PathBuf {
     if let Ok(exe) = std::env::current_exe() {
@@ -108,6 +108,10 @@ pub fn default_helper() -> PathBuf {
     }
     PathBuf::from("/proc/self/exe")
 }
+
+/// An empty dir in the state root: the second lower layer of the helper's sealing overlay
+/// (`sealed_exe`). Not a valid container id, so listings skip it.
+const SEAL_SCRATCH: &str = ".seal-lower";
 
 /// File name of the dedicated helper binary.
 pub const HELPER_NAME: &str = "berth-shim";
@@ -137,7 +141,7 @@ impl Runtime {
         self
     }
 
-    /// Whether helpers run from a sealed memfd copy (default true; CVE-2019-5736).
+    /// Whether helpers run from a sealed view of the helper (default true; CVE-2019-5736).
     pub fn with_sealed_helper(mut self, seal: bool) -> Self {
         self.seal_helper = seal;
         self
@@ -160,7 +164,8 @@ impl Runtime {
         report: &OwnedFd,
     ) -> std::io::Result<(Command, Option<std::sync::Arc<OwnedFd>>)> {
         let (program, keep) = if self.seal_helper {
-            let fd = crate::sealed_exe::sealed_copy(&self.helper)?;
+            let fd =
+                crate::sealed_exe::sealed_copy(&self.helper, &self.state_root.join(SEAL_SCRATCH))?;
             (
                 PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
                 Some(fd),
@@ -169,7 +174,7 @@ impl Runtime {
             (self.helper.clone(), None)
         };
         let mut cmd = Command::new(program);
-        // argv[0] "berth" whatever the exec path (a memfd), so `ps` and leak checks see berth.
+        // argv[0] "berth" whatever the exec path (`/proc/self/fd/N`), so `ps` and leak checks see berth.
         cmd.arg0("berth").arg(mode).args(args);
         let fd = report.as_raw_fd();
         // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.

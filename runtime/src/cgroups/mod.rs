@@ -263,6 +263,30 @@ pub(crate) fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
+/// Writes each value to `path` in its own write(2) on one open file (cgroupfs takes one rule
+/// per write: v1's `devices.allow` list costs one open instead of one per rule).
+pub(crate) fn write_each(path: &Path, values: &[&str]) -> Result<(), CgroupError> {
+    use std::io::Write;
+    let err = |value: &str, source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| err(values.first().copied().unwrap_or_default(), e))?;
+    for v in values {
+        tracing::debug!(path = %path.display(), value = v, "cgroup write");
+        match f.write(v.as_bytes()) {
+            Ok(n) if n == v.len() => {}
+            Ok(_) => return Err(err(v, std::io::ErrorKind::WriteZero.into())),
+            Err(e) => return Err(err(v, e)),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn read(path: &Path) -> Result<String, CgroupError> {
     std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
         path: path.to_path_buf(),
@@ -332,13 +356,9 @@ pub(crate) fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
             }
         }
     }
-    // The shared parent goes when it is empty; another container may be using it (ENOTEMPTY,
-    // EBUSY), which is fine.
-    if let Some(parent) = dir.parent() {
-        if parent.file_name().is_some_and(|n| n == PARENT) {
-            let _ = std::fs::remove_dir(parent);
-        }
-    }
+    // The shared `berth` parent stays, like Docker's `docker`: removing it when it looked
+    // empty raced with a container being created under it, and made every next start pay
+    // for creating it again (and, on v2, enabling its controllers).
     Ok(())
 }
 

@@ -12,8 +12,8 @@ use nix::unistd::Pid;
 use tracing::debug;
 
 use super::{
-    keyed, make_dir, read, read_procs, read_u64, remove_dir, wait_until, write, CgroupError,
-    CgroupManager, CgroupMount, CgroupView, Stats, PARENT,
+    keyed, make_dir, read, read_procs, read_u64, remove_dir, wait_until, write, write_each,
+    CgroupError, CgroupManager, CgroupMount, CgroupView, Stats, PARENT,
 };
 use crate::spec::Limits;
 
@@ -173,9 +173,7 @@ impl CgroupManager for CgroupV1 {
                 write(&d.join("devices.allow"), "a")?;
             } else {
                 write(&d.join("devices.deny"), "a")?;
-                for rule in DEVICE_ALLOW {
-                    write(&d.join("devices.allow"), rule)?;
-                }
+                write_each(&d.join("devices.allow"), &DEVICE_ALLOW)?;
             }
         }
         Ok(())
