@@ -10,6 +10,7 @@ PACKAGES=(
   iproute2         # ip: used by tests to inspect links and namespaces
   conntrack        # flushing stale conntrack entries on port remap/teardown
   runc crun        # oracles for the runtime's differential tests and the bench
+  qemu-system-x86 cpio binutils  # the VM of vm::cgroup_v2_limits_in_vm (qemu, initramfs, strip)
   ca-certificates curl gcc pkg-config
 )
 

@@ -168,10 +168,13 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
         .map(|h| h.to_string_lossy().into_owned());
     // After joining the mount namespace: the pty comes from the container's devpts.
     let pty = if exec.tty {
-        Some(
-            crate::tty::open_pty()
-                .map_err(|e| chain_of("cannot open a pty in the container", &e))?,
-        )
+        let (master, slave) = crate::tty::open_pty()
+            .map_err(|e| chain_of("cannot open a pty in the container", &e))?;
+        // The user's size before the process starts, so its first look is right.
+        if let Some(term) = crate::tty::terminal_fd() {
+            crate::tty::copy_winsize(term, std::os::fd::AsRawFd::as_raw_fd(&master));
+        }
+        Some((master, slave))
     } else {
         None
     };
@@ -224,13 +227,19 @@ fn run(state: &StateDir, json: &str) -> Result<i32, ErrorChain> {
             if let Some((master, slave)) = pty {
                 drop(slave);
                 if report.as_ref().is_ok_and(|r| r.is_none()) {
-                    crate::tty::copy_winsize(0, std::os::fd::AsRawFd::as_raw_fd(&master));
-                    let _raw = if exec.interactive {
+                    let raw = if exec.interactive {
                         crate::tty::RawMode::enter(0)
                     } else {
                         None
                     };
-                    crate::tty::relay(&master, exec.interactive);
+                    let m = std::os::fd::AsRawFd::as_raw_fd(&master);
+                    // Resizes of the user's terminal follow (SIGWINCH reaches us: we are in
+                    // the caller's foreground process group).
+                    let end = crate::tty::relay(m, m, exec.interactive, crate::tty::terminal_fd());
+                    drop(raw);
+                    if let crate::tty::RelayEnd::Signal(sig) = end {
+                        crate::tty::reraise(sig);
+                    }
                 }
             }
             let mut deadline = exec

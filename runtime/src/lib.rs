@@ -17,7 +17,7 @@
 //! and, first thing in `main`, [`hidden_main`], which runs berth's hidden single-threaded modes.
 //!
 //! Process model: the caller (possibly a tokio process) never forks to do namespace work. It
-//! spawns its own binary, from a sealed memfd copy (`sealed_exe`, CVE-2019-5736), as a
+//! spawns its own binary, from a sealed, unwritable view (`sealed_exe`, CVE-2019-5736), as a
 //! per-container **shim** (`shim`) that detaches, owns the container's cgroup, stdout/stderr
 //! (JSON-lines log, [`log`]) and exit status ([`state`]), and survives the caller. The shim
 //! forks the container **init** (`init`: namespaces, `rootfs`, [`user`],
@@ -27,9 +27,11 @@
 //! [`cgroups::CgroupManager`].
 //!
 //! Modules: `spec` (input), `container` (caller side API), `shim`, `init`, `tiny_init`, `exec`,
-//! `tty` (ptys for `tty: true` and `exec -t`), `rootfs`, `cgroups/{v1,v2}`, `capabilities`, `seccomp` (+ Docker's profile as data),
+//! `tty` (ptys for `tty: true` and `exec -t`), `attach` (`Container::attach`: the shim's
+//! attach socket for `run -it`/`-i`), `rootfs`, `cgroups/{v1,v2}`, `capabilities`, `seccomp` (+ Docker's profile as data),
 //! `user`, `log`, `state`, `protocol`, `sealed_exe`.
 
+mod attach;
 pub mod capabilities;
 pub mod cgroups;
 mod container;
@@ -47,6 +49,7 @@ mod tiny_init;
 mod tty;
 pub mod user;
 
+pub use attach::{Attach, AttachEnd};
 pub use container::{default_helper, Container, Runtime, RuntimeError, Status, HELPER_NAME};
 pub use exec::{ExecOutput, ExecSpec};
 pub use protocol::ErrorChain;
@@ -55,6 +58,7 @@ pub use spec::{
     ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs, Seccomp,
 };
 pub use state::ExitRecord;
+pub use tty::{reraise, terminal_size};
 
 pub use nix::sys::signal::Signal;
 

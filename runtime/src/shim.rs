@@ -102,6 +102,8 @@ struct Running {
     /// `None` with a tty (everything comes through the master, logged as stdout).
     stderr: Option<OwnedFd>,
     log: LogWriter,
+    /// The attach socket (`crate::attach`), with a tty or `open_stdin`.
+    attach: Option<crate::attach::Server>,
 }
 
 fn chain_of(context: &str, e: &(dyn std::error::Error + 'static)) -> ErrorChain {
@@ -134,19 +136,43 @@ fn start(state: &StateDir) -> Result<Running, ErrorChain> {
             .map_err(|e| chain_of("cannot create the rootfs mountpoint", &e))?;
     }
 
+    // Bound before the start report, so a client can connect as soon as `run` returns.
+    let mut attach = if spec.tty || spec.open_stdin {
+        Some(
+            crate::attach::Server::bind(state.dir(), spec.attach, spec.tty)
+                .map_err(|e| chain_of("cannot create the attach socket", &e))?,
+        )
+    } else {
+        None
+    };
+
     let cgroup = cgroups::open(spec.id.as_str()).map_err(|e| chain_of("cannot open cgroup", &e))?;
     if let Err(e) = cgroup.create(&spec.limits, spec.privileged) {
         let _ = cgroup.remove();
         return Err(chain_of("cannot create cgroup", &e));
     }
     match spawn_init(&spec, state, cgroup.as_ref(), caps, seccomp.as_ref()) {
-        Ok((pid, stdout, stderr)) => Ok(Running {
-            pid,
-            cgroup,
-            stdout,
-            stderr,
-            log,
-        }),
+        Ok((pid, stdout, stderr, stdin)) => {
+            if let Some(a) = &mut attach {
+                if spec.tty {
+                    match stdout.try_clone() {
+                        Ok(m) => a.set_master(m),
+                        Err(e) => warn!(error = %e, "cannot dup the pty master for attach"),
+                    }
+                }
+                if let Some(w) = stdin {
+                    a.set_stdin(w);
+                }
+            }
+            Ok(Running {
+                pid,
+                cgroup,
+                stdout,
+                stderr,
+                log,
+                attach,
+            })
+        }
         Err(e) => {
             let _ = cgroup.kill_all();
             let _ = cgroup.remove();
@@ -165,8 +191,15 @@ fn spawn_init(
     cgroup: &dyn CgroupManager,
     caps: crate::capabilities::CapSet,
     seccomp: Option<&SeccompProgram>,
-) -> Result<(i32, OwnedFd, Option<OwnedFd>), ErrorChain> {
+) -> Result<(i32, OwnedFd, Option<OwnedFd>, Option<OwnedFd>), ErrorChain> {
     let (out_r, out_w) = pipe()?;
+    // `open_stdin` without a tty: a pipe whose write end the attach socket hands out.
+    let (in_r, in_w) = if spec.open_stdin && !spec.tty {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
     let (err_r, err_w) = pipe()?;
     let (fail_r, fail_w) = pipe()?;
     let devnull =
@@ -190,8 +223,12 @@ fn spawn_init(
     let child =
         match unsafe { fork() }.map_err(|e| chain_of("cannot fork the container init", &e))? {
             ForkResult::Child => {
-                drop((out_r, err_r, fail_r, console_parent));
-                let _ = nix::unistd::dup2_stdin(devnull.as_fd());
+                drop((out_r, err_r, fail_r, console_parent, in_w));
+                let _ = match &in_r {
+                    Some(r) => nix::unistd::dup2_stdin(r.as_fd()),
+                    None => nix::unistd::dup2_stdin(devnull.as_fd()),
+                };
+                drop(in_r);
                 let _ = nix::unistd::dup2_stdout(out_w.as_fd());
                 let _ = nix::unistd::dup2_stderr(err_w.as_fd());
                 drop((out_w, err_w, devnull));
@@ -210,20 +247,25 @@ fn spawn_init(
             }
             ForkResult::Parent { child } => child,
         };
-    drop((out_w, err_w, fail_w, devnull, console_child));
+    drop((out_w, err_w, fail_w, devnull, console_child, in_r));
     let abort = |chain: ErrorChain| {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(child, None);
         chain
     };
     debug!(pid = child.as_raw(), "container init forked");
+    // The init sends the pty master before it execs: take it first, so the console size is
+    // set while the init is still busy with its own setup. EOF (no fd) if it failed.
+    let early_master = console_parent.as_ref().map(crate::tty::recv_fd);
+    if let (Some(Ok(Some(m))), Some(size)) = (&early_master, spec.console_size) {
+        crate::tty::set_winsize(m.as_raw_fd(), size);
+    }
     // The init joins the cgroup itself (`CgroupManager::join_self`, the cheap path on v1).
     match protocol::receive::<ErrorChain>(fail_r) {
-        Ok(None) => match console_parent {
-            None => Ok((child.as_raw(), out_r, Some(err_r))),
-            // The init sent the master before exec; it sits in the socket buffer.
-            Some(sock) => match crate::tty::recv_fd(&sock) {
-                Ok(Some(master)) => Ok((child.as_raw(), master, None)),
+        Ok(None) => match early_master {
+            None => Ok((child.as_raw(), out_r, Some(err_r), in_w)),
+            Some(received) => match received {
+                Ok(Some(master)) => Ok((child.as_raw(), master, None, None)),
                 Ok(None) => Err(abort(ErrorChain(vec![
                     "the container init sent no pty master".into(),
                 ]))),
@@ -268,6 +310,9 @@ fn supervise(state: &StateDir, mut r: Running) {
     if let Err(e) = StateDir::write_json(&state.exit(), &exit) {
         eprintln!("berth shim: cannot write exit.json: {e}");
     }
+    if let Some(a) = &mut r.attach {
+        a.finish(std::time::Duration::from_secs(5));
+    }
 }
 
 /// Copies both pipes into the log until both reach EOF (when every process holding them,
@@ -290,6 +335,9 @@ fn pump_logs(r: &mut Running) {
                 revents: 0,
             })
             .collect();
+        if let Some(a) = &r.attach {
+            pfds.extend(a.pollfds());
+        }
         // SAFETY: valid array of pollfd.
         let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -298,7 +346,10 @@ fn pump_logs(r: &mut Running) {
             }
             break;
         }
-        for (i, p) in pfds.iter().enumerate() {
+        if let Some(a) = &mut r.attach {
+            a.handle(&pfds[2..]);
+        }
+        for (i, p) in pfds.iter().take(2).enumerate() {
             if !open[i] || p.revents == 0 {
                 continue;
             }
@@ -319,6 +370,9 @@ fn pump_logs(r: &mut Running) {
                     let _ = r.log.flush_stream(stream);
                 }
                 Ok(n) => {
+                    if let Some(a) = &mut r.attach {
+                        a.output(&buf[..n]);
+                    }
                     if let Err(e) = r.log.push(stream, &buf[..n]) {
                         warn!(error = %e, "cannot write the container log");
                     }

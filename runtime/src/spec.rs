@@ -236,6 +236,19 @@ pub struct ContainerSpec {
     /// controlling terminal; the shim holds the master and logs its output as `stdout`.
     #[serde(default)]
     pub tty: bool,
+    /// `stdin_open` / `run -i`: keep the container's stdin open for an attach client
+    /// (`crate::attach`). Without a tty it is a pipe whose write end the shim hands to the
+    /// first client (EOF when that client closes it); with a tty the pty already is stdin.
+    /// Without it, stdin is `/dev/null` (or the pty, with `tty`).
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// A client attaches right after the start (`run` in the foreground): with a tty, the
+    /// output written before it connects (up to 1 MiB) is kept for it, so it sees it all.
+    #[serde(default)]
+    pub attach: bool,
+    /// Initial pty size `[rows, cols]` (Docker's `ConsoleSize`), set before the start report.
+    #[serde(default)]
+    pub console_size: Option<[u16; 2]>,
     /// Signal name (`SIGTERM`, `TERM`) or number; default SIGTERM.
     #[serde(default)]
     pub stop_signal: Option<String>,
@@ -347,6 +360,9 @@ impl ContainerSpec {
             sysctls: BTreeMap::new(),
             read_only_rootfs: false,
             tty: false,
+            open_stdin: false,
+            attach: false,
+            console_size: None,
             stop_signal: None,
             init: false,
             oom_score_adj: None,

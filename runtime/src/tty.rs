@@ -55,7 +55,8 @@ pub(crate) fn become_controlling(slave: OwnedFd) -> nix::Result<()> {
     Ok(())
 }
 
-/// Copies the window size of terminal `from` (when it is one) to `to`.
+/// Copies the window size of terminal `from` (when it is one) to `to`. Setting a new size
+/// on a master sends SIGWINCH to the foreground process group of its slave.
 pub(crate) fn copy_winsize(from: RawFd, to: RawFd) {
     // SAFETY: zeroed plain struct.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
@@ -67,35 +68,81 @@ pub(crate) fn copy_winsize(from: RawFd, to: RawFd) {
     }
 }
 
+/// Sets the size `[rows, cols]` of terminal `fd`.
+pub(crate) fn set_winsize(fd: RawFd, [rows, cols]: [u16; 2]) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a valid winsize pointer.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+/// The first of stdin, stdout, stderr that is a terminal (the user's, for window sizes).
+pub(crate) fn terminal_fd() -> Option<RawFd> {
+    // SAFETY: isatty on the standard fds.
+    (0..3).find(|fd| unsafe { libc::isatty(*fd) } == 1)
+}
+
+/// The size `[rows, cols]` of this process's terminal (see [`terminal_fd`]), for a tty
+/// container's `console_size`; `None` without a terminal or when it reports 0x0.
+pub fn terminal_size() -> Option<[u16; 2]> {
+    let fd = terminal_fd()?;
+    // SAFETY: zeroed plain struct; TIOCGWINSZ with a valid pointer.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } != 0 || ws.ws_row == 0 {
+        return None;
+    }
+    Some([ws.ws_row, ws.ws_col])
+}
+
 /// Sends `fd` over the unix socket `sock`.
 pub(crate) fn send_fd(sock: &OwnedFd, fd: BorrowedFd<'_>) -> nix::Result<()> {
-    let fds = [fd.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let iov = [IoSlice::new(b"t")];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)?;
+    send_tagged(sock.as_raw_fd(), b't', Some(fd))
+}
+
+/// Sends the byte `tag` and, when given, `fd` over the unix socket `sock` (never SIGPIPE).
+pub(crate) fn send_tagged(sock: RawFd, tag: u8, fd: Option<BorrowedFd<'_>>) -> nix::Result<()> {
+    let fds = fd.map(|f| [f.as_raw_fd()]);
+    let cmsg: Vec<ControlMessage<'_>> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
+    let iov = [IoSlice::new(std::slice::from_ref(&tag))];
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)?;
     Ok(())
 }
 
 /// Receives one fd from the unix socket `sock`; `None` when the peer closed without one.
 pub(crate) fn recv_fd(sock: &OwnedFd) -> nix::Result<Option<OwnedFd>> {
+    Ok(recv_tagged(sock.as_raw_fd())?.1)
+}
+
+/// Receives a tag byte and at most one fd; `(None, None)` at EOF.
+pub(crate) fn recv_tagged(sock: RawFd) -> nix::Result<(Option<u8>, Option<OwnedFd>)> {
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
+    let msg = loop {
+        match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::Error::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    let tag = (msg.bytes == 1).then_some(());
+    let mut got = None;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel installed this fd for us.
-                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+            for &fd in &fds {
+                // SAFETY: the kernel installed these fds for us; extra ones are closed.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if got.is_none() {
+                    got = Some(owned);
+                }
             }
         }
     }
-    Ok(None)
+    Ok((tag.map(|()| byte[0]), got))
 }
 
 /// Puts terminal `fd` in raw mode while alive; restores it on drop.
@@ -146,16 +193,32 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> bool {
     true
 }
 
-/// Relays the pty `master` to stdout and (when `input`) stdin to `master`, until the slave
-/// side is closed by every process (read on the master gives EIO).
-pub(crate) fn relay(master: &OwnedFd, input: bool) {
-    let m = master.as_raw_fd();
+/// How a [`relay`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelayEnd {
+    /// The output side closed (EIO on a master once no slave is left, EOF on a socket).
+    Closed,
+    /// SIGTERM, SIGHUP or SIGINT reached this process: the caller restores the terminal
+    /// and re-raises it.
+    Signal(i32),
+}
+
+/// Relays `output` (a pty master, or an attach socket carrying its output) to stdout and,
+/// when `input`, stdin to `master`, until `output` closes. With `term` (the user's terminal),
+/// its window size is copied to `master` at once and on every SIGWINCH, which makes the
+/// kernel signal the container's foreground process group.
+pub(crate) fn relay(master: RawFd, output: RawFd, input: bool, term: Option<RawFd>) -> RelayEnd {
+    let signals = Signals::install(&[libc::SIGWINCH, libc::SIGTERM, libc::SIGHUP, libc::SIGINT]);
+    if let Some(t) = term {
+        copy_winsize(t, master);
+    }
+    let sig_fd = signals.as_ref().map_or(-1, |s| s.fd());
     let mut stdin_open = input;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         let mut pfds = [
             libc::pollfd {
-                fd: m,
+                fd: output,
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -164,26 +227,44 @@ pub(crate) fn relay(master: &OwnedFd, input: bool) {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: sig_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: valid array of pollfd.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 3, -1) };
         if n < 0 {
             if nix::Error::last() == nix::Error::EINTR {
                 continue;
             }
-            return;
+            return RelayEnd::Closed;
+        }
+        if pfds[2].revents != 0 {
+            if let Some(s) = &signals {
+                for sig in s.drain() {
+                    if sig == libc::SIGWINCH {
+                        if let Some(t) = term {
+                            copy_winsize(t, master);
+                        }
+                    } else {
+                        return RelayEnd::Signal(sig);
+                    }
+                }
+            }
         }
         if pfds[0].revents != 0 {
             // SAFETY: valid buffer.
-            let n = unsafe { libc::read(m, buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe { libc::read(output, buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
                 if n < 0 && nix::Error::last() == nix::Error::EINTR {
                     continue;
                 }
-                return; // EIO: no slave left
+                return RelayEnd::Closed; // EIO: no slave left; EOF: the shim is done
             }
             if !write_all(1, &buf[..n as usize]) {
-                return;
+                return RelayEnd::Closed;
             }
         }
         if stdin_open && pfds[1].revents != 0 {
@@ -194,10 +275,106 @@ pub(crate) fn relay(master: &OwnedFd, input: bool) {
                     continue;
                 }
                 stdin_open = false;
-            } else if !write_all(m, &buf[..n as usize]) {
+            } else if !write_all(master, &buf[..n as usize]) {
                 stdin_open = false;
             }
         }
+    }
+}
+
+/// The write end of the [`Signals`] pipe, for the handler; -1 when none is installed.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) and errno access are async-signal-safe; errno is preserved.
+        unsafe {
+            let errno = *libc::__errno_location();
+            let b = sig as u8;
+            libc::write(fd, std::ptr::addr_of!(b).cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
+/// A self-pipe: while alive, the given signals are caught and show up as bytes on
+/// [`Signals::fd`]; the previous dispositions come back on drop. One at a time per process.
+pub(crate) struct Signals {
+    r: OwnedFd,
+    _w: OwnedFd,
+    saved: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl Signals {
+    pub(crate) fn install(sigs: &[libc::c_int]) -> Option<Self> {
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .ok()?;
+        if SIGNAL_PIPE
+            .compare_exchange(
+                -1,
+                w.as_raw_fd(),
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .is_err()
+        {
+            return None;
+        }
+        let mut saved = Vec::new();
+        for &sig in sigs {
+            // SAFETY: a zeroed sigaction is valid; the handler only writes to a pipe.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                act.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut act.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, &act, &mut old) == 0 {
+                    saved.push((sig, old));
+                }
+            }
+        }
+        Some(Self { r, _w: w, saved })
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.r.as_raw_fd()
+    }
+
+    /// The signals caught since the last call, in order.
+    pub(crate) fn drain(&self) -> Vec<i32> {
+        let mut buf = [0u8; 64];
+        let mut out = Vec::new();
+        loop {
+            // SAFETY: valid buffer; the pipe is non-blocking.
+            let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return out;
+            }
+            out.extend(buf[..n as usize].iter().map(|b| *b as i32));
+        }
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        for (sig, old) in &self.saved {
+            // SAFETY: restores the disposition saved in `install`.
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+        SIGNAL_PIPE.store(-1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Ends this process with `sig` as if it had not been caught (after a [`RelayEnd::Signal`],
+/// once the terminal is restored).
+pub fn reraise(sig: i32) {
+    // SAFETY: resets the disposition to the default and raises the signal.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
     }
 }
 

@@ -56,6 +56,12 @@ pub struct RunArgs {
     /// Run in the background and print the container name
     #[arg(short = 'd', long)]
     pub detach: bool,
+    /// Keep STDIN open and attach it (piped input reaches the container; EOF closes it)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY (with -i: an interactive terminal, raw mode, resizes followed)
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// Container name (default: a random one)
     #[arg(long)]
     pub name: Option<String>,
@@ -428,6 +434,12 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
     spec.read_only_rootfs = a.read_only;
     spec.init = a.init;
     spec.labels = labels;
+    spec.tty = a.tty;
+    spec.open_stdin = a.interactive;
+    spec.attach = !a.detach && (a.tty || a.interactive);
+    if a.tty {
+        spec.console_size = berth_runtime::terminal_size();
+    }
     for o in &a.security_opt {
         match o.as_str() {
             "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {
@@ -452,7 +464,30 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
-    print_logs(&c, true, false)?;
+    if a.tty {
+        // The tty's output comes through the attach socket (the log has it too).
+        let end = c
+            .attach()
+            .with_context(|| format!("attaching to {name}"))?
+            .relay_tty(a.interactive);
+        if let berth_runtime::AttachEnd::Signal(sig) = end {
+            berth_runtime::reraise(sig);
+        }
+    } else {
+        if a.interactive {
+            let stdin = c
+                .attach()
+                .with_context(|| format!("attaching to {name}"))?
+                .into_stdin();
+            if let Some(mut w) = stdin {
+                // Its own thread: a stdin that never ends must not keep berth alive.
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+                });
+            }
+        }
+        print_logs(&c, true, false)?;
+    }
     let exit = c.wait(None)?;
     if a.rm {
         remove(rt, c)?;

@@ -77,6 +77,9 @@ pub async fn progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, mode:
             Event::Done { what, elapsed } => (what, Some(*elapsed), false),
             Event::Failed { what, elapsed } => (what, Some(*elapsed), true),
         };
+        if what.starts_with("run one-off container ") {
+            continue; // as compose: `run` shows what it made for the one-off, not the one-off
+        }
         let (id, working_text, done_text) = describe(what);
         let text = match (elapsed, failed) {
             (None, _) => working_text,
@@ -146,6 +149,11 @@ pub async fn progress(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, mode:
         if !b.is_finished() {
             b.abandon();
         }
+    }
+    if !bars.is_empty() {
+        // The bars leave the cursor at the end of the last one: what is printed next
+        // (a `run` one-off's terminal session, the shell's prompt) starts on a line of its own.
+        eprintln!();
     }
 }
 

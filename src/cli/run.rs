@@ -1,9 +1,13 @@
 //! `berth run`: a one-off container of a service, with docker compose v2's flags.
 //!
 //! The service's config is adjusted here (command, entrypoint, env, user, workdir, ports,
-//! volumes), its dependencies are brought up like `up` would, and the engine creates
+//! volumes); the engine's `run` plan makes what the one-off needs as `up` would (the
+//! project's networks and volumes, its dependencies unless `--no-deps`), then creates
 //! and starts the one-off (`<project>-<service>-run-<hex>`, label `oneoff=True`).
-//! In the foreground its output is streamed and berth exits with its exit code.
+//! In the foreground its stdin is attached (a tty when stdin is a terminal, unless `-T`: the
+//! terminal goes raw and is relayed both ways, resizes included; otherwise stdin is copied
+//! into the container's stdin pipe and the output streamed from the log), and berth exits
+//! with its exit code. The mechanism is the shim's attach socket (`berth_runtime::Attach`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{render, GlobalOpts};
-use crate::plan::UpOptions;
+use crate::plan::Op;
 use crate::project::model::CommandLine;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -53,10 +57,10 @@ pub struct RunArgs {
     /// Don't start linked services
     #[arg(long)]
     pub no_deps: bool,
-    /// Disable pseudo-TTY allocation (berth's run never allocates one yet)
+    /// Disable pseudo-TTY allocation (by default one is allocated when stdin is a terminal)
     #[arg(short = 'T', long = "no-TTY")]
     pub no_tty: bool,
-    /// Keep STDIN open even if not attached (accepted; stdin is not attached yet)
+    /// Keep STDIN open and attached (the default, as in docker compose)
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// Service name
@@ -135,34 +139,40 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         // A one-off has its own name, however the service names its container.
         svc.container_name = None;
+        if !args.detach {
+            // As docker compose: stdin attached (-i is the default), a tty when stdin is a
+            // terminal unless -T. With -d the service's own settings stay.
+            svc.tty = !args.no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
+            svc.stdin_open = true;
+        }
     }
-    let deps: Vec<String> = project.services[&key]
-        .depends_on
-        .keys()
-        .map(|k| k.to_string())
-        .collect();
+    let tty = project.services[&key].tty && !args.detach;
     let project = Arc::new(project);
     let engine = super::compose::open_engine(g)?;
-    if !args.no_deps && !deps.is_empty() {
-        let plan = engine
-            .plan_up(
-                &project,
-                &UpOptions::default(),
-                &deps,
-                false,
-                &Default::default(),
-            )
-            .await?;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let printer = tokio::spawn(render::progress(rx, g.progress.clone()));
-        let r = engine.up(project.clone(), plan, tx).await;
-        let _ = printer.await;
-        r.with_context(|| format!("starting the dependencies of {}", args.service))?;
-    }
+    // What the one-off needs, made as `up` makes it (networks, volumes, supervisor, and
+    // the dependencies unless --no-deps), then the one-off itself.
+    let plan = engine
+        .plan_run(&project, &args.service, &name, args.no_deps, !args.detach)
+        .await?;
+    // Progress only when dependencies are brought up: the networks, the image check and
+    // the one-off itself are no news (compose prints nothing for them either).
+    let progress = if plan.steps.iter().any(|s| {
+        !matches!(
+            s.op,
+            Op::EnsureNetworks | Op::EnsureImage { .. } | Op::RunOneoff { .. }
+        )
+    }) {
+        g.progress.clone()
+    } else {
+        "quiet".to_string()
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(render::progress(rx, progress));
     let started = engine
-        .run_oneoff(project.clone(), &args.service, &name, !args.no_deps)
+        .run_oneoff(project.clone(), plan, tx)
         .await
         .with_context(|| format!("running service {}", args.service));
+    let _ = printer.await;
     if args.detach {
         started?;
         println!("{name}");
@@ -170,7 +180,11 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // From here on, `--rm` removes the one-off however this ends.
     let result = match started {
-        Ok(()) => follow_to_exit(&engine, pname.as_str(), &args.service, &name).await,
+        Ok(()) if tty => attach_tty(&engine, &name).await,
+        Ok(()) => match attach_stdin(&engine, &name).await {
+            Ok(()) => follow_to_exit(&engine, pname.as_str(), &args.service, &name).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     if args.rm {
@@ -184,6 +198,49 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let code = result?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Relay the one-off's tty to ours (raw, resizes followed) until its output ends; its exit
+/// code. A SIGTERM/SIGHUP/SIGINT to berth restores the terminal and ends berth with that
+/// signal; the one-off keeps running (its shim is its parent).
+async fn attach_tty(
+    engine: &std::sync::Arc<crate::engine::Engine>,
+    name: &str,
+) -> anyhow::Result<i32> {
+    let rt = engine.runtime.clone();
+    let n = name.to_string();
+    let end = tokio::task::spawn_blocking(move || {
+        let c = rt.get(&n)?;
+        Ok::<_, anyhow::Error>(c.attach()?.relay_tty(true))
+    })
+    .await?
+    .with_context(|| format!("attaching to {name}"))?;
+    if let berth_runtime::AttachEnd::Signal(sig) = end {
+        berth_runtime::reraise(sig);
+    }
+    Ok(engine.wait_exit(name).await?)
+}
+
+/// Copy our stdin into the one-off's stdin pipe (on a thread of its own: it may block on
+/// a stdin that never ends, which must not hold up berth's exit); EOF closes it.
+async fn attach_stdin(
+    engine: &std::sync::Arc<crate::engine::Engine>,
+    name: &str,
+) -> anyhow::Result<()> {
+    let rt = engine.runtime.clone();
+    let n = name.to_string();
+    let stdin = tokio::task::spawn_blocking(move || {
+        let c = rt.get(&n)?;
+        Ok::<_, anyhow::Error>(c.attach()?.into_stdin())
+    })
+    .await?
+    .with_context(|| format!("attaching to {name}"))?;
+    if let Some(mut w) = stdin {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+        });
+    }
+    Ok(())
 }
 
 /// Stream the one-off's output until it exits (Ctrl-C stops it); its exit code.

@@ -249,7 +249,7 @@ impl Engine {
         plan: Plan,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
     ) -> Result<(), EngineError> {
-        let run = self.new_run(project, events, false)?;
+        let run = self.new_run(project, events)?;
         execute(run, plan).await
     }
 
@@ -257,7 +257,6 @@ impl Engine {
         self: &Arc<Self>,
         project: Arc<Project>,
         events: tokio::sync::mpsc::UnboundedSender<Event>,
-        oneoff: bool,
     ) -> Result<Arc<Run>, EngineError> {
         let name = project.name.as_str().to_string();
         let record = state::read_json::<ProjectRecord>(&self.root.project_state(&name))
@@ -272,33 +271,73 @@ impl Engine {
             record: Mutex::new(record),
             images: Mutex::new(HashMap::new()),
             events,
-            oneoff,
         }))
     }
 
-    /// `run`: create and start the one-off container `name` of `service` (whose config
-    /// the caller has already adjusted: command, env, ports…). Bringing the dependencies
-    /// up is the caller's business (an `up` of them, unless `--no-deps`); with
-    /// `wait_deps`, their `depends_on` conditions (healthy, completed…) are waited for
-    /// before the one-off starts.
+    /// The plan of `run`: the one-off container `name` of `service` (whose config the
+    /// caller has already adjusted: command, env, ports…) and what it needs, as docker
+    /// compose makes it: the project's networks and volumes (and so its supervisor and
+    /// DNS) even with `no_deps`, else also an `up` of the services it depends on and the
+    /// waits for its `depends_on` conditions. `attach`: a client attaches right after the
+    /// start (`run` in the foreground), which the container's shim waits for.
+    pub async fn plan_run(
+        &self,
+        project: &Project,
+        service: &str,
+        name: &str,
+        no_deps: bool,
+        attach: bool,
+    ) -> Result<Plan, EngineError> {
+        let svc = project
+            .services
+            .values()
+            .find(|s| s.name == service)
+            .ok_or_else(|| EngineError::Invalid(format!("no such service: {service}")))?;
+        let all: BTreeSet<String> = project.services.values().map(|s| s.name.clone()).collect();
+        let direct: Vec<String> = svc
+            .depends_on
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .filter(|d| all.contains(d))
+            .collect();
+        let chosen = if no_deps || direct.is_empty() {
+            BTreeSet::new()
+        } else {
+            select_services(project, &direct, false)?
+        };
+        let deps: Vec<Desired> = project
+            .services
+            .values()
+            .filter(|s| chosen.contains(&s.name))
+            .map(|s| desired_of(s, &chosen))
+            .collect();
+        let observed: Vec<Observed> = self
+            .observe(project.name.as_str())
+            .await?
+            .into_iter()
+            .filter(|o| chosen.contains(&o.service))
+            .collect();
+        plan::plan_run(
+            project.name.as_str(),
+            &desired_of(svc, &all),
+            name,
+            attach,
+            &deps,
+            &observed,
+        )
+        .map_err(|e| EngineError::Invalid(e.to_string()))
+    }
+
+    /// `run`: carry out a [`Engine::plan_run`] plan; the one-off is running when this
+    /// returns.
     pub async fn run_oneoff(
         self: &Arc<Self>,
         project: Arc<Project>,
-        service: &str,
-        name: &str,
-        wait_deps: bool,
+        plan: Plan,
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
     ) -> Result<(), EngineError> {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let run = self.new_run(project, tx, true)?;
-        if wait_deps {
-            let svc = run.service(service)?;
-            let all = run.project.services.keys().map(|k| k.to_string()).collect();
-            for d in desired_of(svc, &all).depends_on {
-                run.wait(&d.service, d.condition).await?;
-            }
-        }
-        run.create(service, 1, name).await?;
-        run.start(name).await
+        let run = self.new_run(project, events)?;
+        execute(run, plan).await
     }
 
     /// Remove container `name` of the project (a `run --rm` one-off when it exited).
@@ -309,9 +348,7 @@ impl Engine {
         timeout: Duration,
     ) -> Result<(), EngineError> {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        self.new_run(project, tx, false)?
-            .remove(name, timeout)
-            .await
+        self.new_run(project, tx)?.remove(name, timeout).await
     }
 
     /// Wait until container `name` has exited; its exit code (128+N for a signal).
@@ -770,7 +807,10 @@ pub(crate) fn start_in_place(
             .map_err(failed(format!("starting container {id}")));
     }
     super::events::claim_die(root, project, c);
-    let spec = c.spec().clone();
+    let mut spec = c.spec().clone();
+    // Started again: no client is expected to attach (only `run` attaches, right after
+    // the first start), so the shim must not wait for one when it exits.
+    spec.attach = false;
     rt.delete(&id)
         .map_err(failed(format!("starting container {id}")))?;
     rt.run(&spec)
@@ -847,9 +887,6 @@ struct Run {
     record: Mutex<ProjectRecord>,
     images: Mutex<HashMap<String, Arc<Image>>>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
-    /// Containers made by this run are `run` one-offs: labelled `oneoff=True`, no
-    /// service-name DNS alias, no restart policy, ignored by convergence.
-    oneoff: bool,
 }
 
 type StepFuture = Shared<BoxFuture<'static, Result<(), Arc<String>>>>;
@@ -932,10 +969,18 @@ impl Run {
                 service,
                 number,
                 name,
-            } => self.create(service, *number, name).await,
+            } => self.create(service, *number, name, false, false).await,
             Op::Start { name, .. } => self.start(name).await,
             Op::Restart { name, .. } => self.restart(name).await,
             Op::Wait { service, condition } => self.wait(service, *condition).await,
+            Op::RunOneoff {
+                service,
+                name,
+                attach,
+            } => {
+                self.create(service, 1, name, true, *attach).await?;
+                self.start(name).await
+            }
         }
     }
 
@@ -1221,7 +1266,17 @@ impl Run {
         Ok(image)
     }
 
-    async fn create(&self, service: &str, number: u32, name: &str) -> Result<(), EngineError> {
+    /// Create container `name` of `service`; a `oneoff` (of `run`) is labelled
+    /// `oneoff=True`, gets no service-name DNS alias and no restart policy, and is ignored
+    /// by convergence. `attach`: a client attaches right after the start.
+    async fn create(
+        &self,
+        service: &str,
+        number: u32,
+        name: &str,
+        oneoff: bool,
+        attach: bool,
+    ) -> Result<(), EngineError> {
         let e = &self.engine;
         let svc = self.service(service)?.clone();
         let image = self.ensure_image(service).await?;
@@ -1306,7 +1361,7 @@ impl Run {
                     .await
                     .map_err(failed(format!("attaching {name} to network {}", info.name)))?;
                 // A `run` one-off answers to its own name only, not the service's.
-                let mut names = if self.oneoff {
+                let mut names = if oneoff {
                     vec![name.to_string()]
                 } else {
                     vec![svc.name.clone(), name.to_string()]
@@ -1645,7 +1700,8 @@ impl Run {
             working_dir: self.project.working_dir.clone(),
             config_files: self.project.compose_files.clone(),
             rw_dir: rw,
-            oneoff: self.oneoff,
+            oneoff,
+            attach,
             // Beside the generated /etc files (removed with the container, kept across
             // restarts); not visible inside the container.
             log_path: Some(files_dir.join("container.log")),
@@ -1673,14 +1729,14 @@ impl Run {
                 config_hash: placement.config_hash.clone(),
                 netns: if own_pin { netns.clone() } else { None },
                 attachments: attachments.clone(),
-                restart: if self.oneoff {
+                restart: if oneoff {
                     "no".into()
                 } else {
                     svc.restart.to_string()
                 },
                 stopped: false,
                 health: super::health::resolve(&svc, &image),
-                oneoff: self.oneoff,
+                oneoff,
             });
             self.save(&r).await?;
         }

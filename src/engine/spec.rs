@@ -59,6 +59,9 @@ pub struct Placement {
     pub rw_dir: PathBuf,
     /// A `run` one-off (label `com.docker.compose.oneoff=True`).
     pub oneoff: bool,
+    /// A client attaches right after the start (`run` in the foreground): the shim waits
+    /// for it, and a tty starts at the size of berth's terminal.
+    pub attach: bool,
     /// The JSON-lines log file, outside the runtime's state dir so that it outlives a
     /// restart (stop + start) like Docker's; `None`: the runtime's default.
     pub log_path: Option<PathBuf>,
@@ -291,6 +294,16 @@ pub fn container_spec(
         sysctls: service.sysctls.clone(),
         read_only_rootfs: service.read_only,
         tty: service.tty,
+        open_stdin: service.stdin_open,
+        // Only a `run` in the foreground attaches right after the start (`run -d` of a
+        // `stdin_open` service keeps stdin open, but nobody is waited for); its tty starts
+        // at the size of berth's terminal.
+        attach: p.attach && (service.stdin_open || service.tty),
+        console_size: if p.attach && service.tty {
+            berth_runtime::terminal_size()
+        } else {
+            None
+        },
         stop_signal: service
             .stop_signal
             .clone()

@@ -109,6 +109,13 @@ pub enum Op {
         service: String,
         condition: Condition,
     },
+    /// Create and start `run`'s one-off container `name` of `service`; with `attach`, a
+    /// client attaches right after the start (a foreground `run`).
+    RunOneoff {
+        service: String,
+        name: String,
+        attach: bool,
+    },
 }
 
 impl fmt::Display for Op {
@@ -121,6 +128,7 @@ impl fmt::Display for Op {
             Op::Start { name, .. } => write!(f, "start container {name}"),
             Op::Restart { name, .. } => write!(f, "restart container {name}"),
             Op::Wait { service, condition } => write!(f, "wait for {service} {condition}"),
+            Op::RunOneoff { name, .. } => write!(f, "run one-off container {name}"),
         }
     }
 }
@@ -362,6 +370,60 @@ pub fn reconcile(
     Ok(plan)
 }
 
+/// The plan of `run`: what the one-off `name` of `target` needs, as `up` would make it.
+/// The project's networks and volumes always (`--no-deps` too); with `deps` (the services
+/// `target` depends on, transitively; empty with `--no-deps`) their `up` and then the waits
+/// for `target`'s `depends_on` conditions; then the one-off is created and started
+/// (`attach`: in the foreground, see [`Op::RunOneoff`]).
+pub fn plan_run(
+    project: &str,
+    target: &Desired,
+    name: &str,
+    attach: bool,
+    deps: &[Desired],
+    observed: &[Observed],
+) -> Result<Plan, GraphError> {
+    let mut plan = if deps.is_empty() {
+        let mut p = Plan::default();
+        p.push(Op::EnsureNetworks, vec![]);
+        p
+    } else {
+        reconcile(project, deps, observed, &UpOptions::default())?
+    };
+    // `reconcile` starts with the networks; everything of the dependencies' `up` comes
+    // before their waits.
+    let nets = 0;
+    let up_of_deps: Vec<usize> = (0..plan.steps.len()).collect();
+    let image = plan.push(
+        Op::EnsureImage {
+            service: target.service.clone(),
+        },
+        vec![],
+    );
+    let mut gate = vec![nets, image];
+    for dep in &target.depends_on {
+        if !deps.iter().any(|d| d.service == dep.service) {
+            continue; // --no-deps, or optional and absent
+        }
+        gate.push(plan.push(
+            Op::Wait {
+                service: dep.service.clone(),
+                condition: dep.condition,
+            },
+            up_of_deps.clone(),
+        ));
+    }
+    plan.push(
+        Op::RunOneoff {
+            service: target.service.clone(),
+            name: name.to_string(),
+            attach,
+        },
+        gate,
+    );
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +613,48 @@ mod tests {
             Some("wait for web running"),
             "{o:?}"
         );
+    }
+
+    #[test]
+    fn run_on_a_fresh_project_ensures_networks_even_without_deps() {
+        let p = plan_run("p", &svc("tool", "h", &[]), "p-tool-run-1", true, &[], &[]).unwrap();
+        assert_eq!(
+            ops(&p),
+            vec![
+                "ensure networks",
+                "ensure image of tool",
+                "run one-off container p-tool-run-1",
+            ],
+            "{p}"
+        );
+        assert_eq!(p.steps[2].after, vec![0, 1]);
+    }
+
+    #[test]
+    fn run_starts_deps_then_waits_for_their_conditions() {
+        let tool = svc("tool", "h", &[("db", Condition::Healthy)]);
+        let deps = vec![svc("db", "h2", &[])];
+        let p = plan_run("p", &tool, "p-tool-run-1", false, &deps, &[]).unwrap();
+        let names = ops(&p);
+        assert_eq!(
+            names,
+            vec![
+                "ensure networks",
+                "ensure image of db",
+                "create container p-db-1",
+                "start container p-db-1",
+                "ensure image of tool",
+                "wait for db healthy",
+                "run one-off container p-tool-run-1",
+            ],
+            "{p}"
+        );
+        assert!(p.steps[5].after.contains(&3), "{p}");
+        assert!(p.steps[6].after.contains(&5), "{p}");
+        // --no-deps: no dependency, no wait, the networks still.
+        let p = plan_run("p", &tool, "p-tool-run-1", false, &[], &[]).unwrap();
+        assert_eq!(ops(&p)[0], "ensure networks");
+        assert!(!ops(&p).iter().any(|x| x.starts_with("wait")), "{p}");
     }
 
     #[test]

@@ -11,4 +11,5 @@ mod load;
 mod network;
 mod runtime;
 mod verbs;
+mod vm;
 mod volume;

@@ -1517,6 +1517,202 @@ fn exec_with_tty_gets_a_terminal() {
     fx.finish();
 }
 
+/// The shell the interactive tests drive: prints its tty and size, echoes each line back as
+/// `got:LINE`, prints the size again on `size`, exits 5 on `quit`.
+pub(crate) const READ_LOOP: &str = "tty; stty size; while read l; do echo \"got:$l\"; \
+     if [ \"$l\" = size ]; then stty size; fi; if [ \"$l\" = quit ]; then exit 5; fi; done";
+
+/// Drives [`READ_LOOP`] on `s`, which starts on a 30x100 terminal: a tty of the container's
+/// devpts at that size, typed lines come back, a resize of our terminal reaches the
+/// container, the exit code comes back and our terminal is raw meanwhile, restored after.
+pub(crate) fn drive_read_loop(s: &mut support::pty::PtySession) {
+    let t = Duration::from_secs(30);
+    s.expect("/dev/pts/", t);
+    s.expect("30 100", t);
+    s.type_text("hello\r");
+    s.expect("got:hello", t);
+    assert_ne!(s.modes(), s.initial, "our terminal is raw while attached");
+    s.resize(40, 120);
+    // SIGWINCH and the typed line race inside berth; the size is there by the second try.
+    eventually(Duration::from_secs(10), || {
+        s.type_text("size\r");
+        std::thread::sleep(Duration::from_millis(100));
+        if s.screen().contains("40 120") {
+            Ok(())
+        } else {
+            Err(s.screen())
+        }
+    });
+    s.type_text("quit\r");
+    assert_eq!(
+        s.wait(t),
+        5,
+        "exit code of the shell; screen: {:?}",
+        s.screen()
+    );
+    assert_eq!(s.modes(), s.initial, "our terminal's modes are restored");
+    let screen = s.screen();
+    assert!(
+        screen.lines().any(|l| l
+            .trim()
+            .strip_prefix("/dev/pts/")
+            .is_some_and(|n| n.parse::<u32>().is_ok())),
+        "{screen:?}"
+    );
+}
+
+/// `container run -it`: an interactive terminal (see [`drive_read_loop`]), and the log still
+/// has the session's output.
+#[test]
+fn container_run_it_is_an_interactive_terminal() {
+    crate::require_root!();
+    let fx = setup("rt-run-it");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let mut cmd = fx.env.as_ref().expect("env").berth();
+    cmd.args([
+        "container",
+        "run",
+        "-it",
+        "--name",
+        "bt-it",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        READ_LOOP,
+    ]);
+    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    drive_read_loop(&mut s);
+    let c = fx.rt.get("bt-it").unwrap();
+    assert!(log_text(&c).contains("got:hello"), "{}", log_text(&c));
+    c.delete().unwrap();
+    fx.finish();
+}
+
+/// SIGTERM to an attached `container run -it` restores the terminal and ends berth; the
+/// container lives on under its shim and can be attached again.
+#[test]
+fn container_outlives_its_attached_terminal() {
+    crate::require_root!();
+    let fx = setup("rt-run-it-term");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let mut cmd = fx.env.as_ref().expect("env").berth();
+    cmd.args([
+        "container",
+        "run",
+        "-it",
+        "--name",
+        "bt-itterm",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        READ_LOOP,
+    ]);
+    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    s.expect("/dev/pts/", Duration::from_secs(30));
+    assert_ne!(s.modes(), s.initial, "raw while attached");
+    s.signal(Signal::SIGTERM);
+    assert_eq!(
+        s.wait(Duration::from_secs(10)),
+        -1,
+        "berth ends by the signal"
+    );
+    assert_eq!(s.modes(), s.initial, "terminal restored on SIGTERM");
+    let c = fx.rt.get("bt-itterm").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        matches!(c.status().unwrap(), Status::Running),
+        "the container runs on"
+    );
+    assert!(c.attach().unwrap().is_tty(), "and can be attached again");
+    c.delete().unwrap();
+    fx.finish();
+}
+
+/// `container run -t` of a command that exits at once (likely before berth connects to
+/// its tty): its output still reaches the terminal, its exit code comes back.
+#[test]
+fn container_run_t_shows_a_quick_exit() {
+    crate::require_root!();
+    let fx = setup("rt-run-t-quick");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    for i in 0..5 {
+        let mut cmd = fx.env.as_ref().expect("env").berth();
+        cmd.args([
+            "container",
+            "run",
+            "-t",
+            "--rm",
+            "--rootfs",
+            &rootfs,
+            "sh",
+            "-c",
+            "echo quick-$((40+2)); exit 4",
+        ]);
+        let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+        assert_eq!(
+            s.wait(Duration::from_secs(30)),
+            4,
+            "run {i}: {:?}",
+            s.screen()
+        );
+        s.expect("quick-42", Duration::from_secs(5));
+    }
+    fx.finish();
+}
+
+/// `container run -i` with piped input: the container's stdin is that stream, EOF ends
+/// `cat`, the exit code comes back. Without -i the container's stdin is empty.
+#[test]
+fn container_run_i_pipes_stdin_into_the_container() {
+    crate::require_root!();
+    let fx = setup("rt-run-i");
+    let env = fx.env.as_ref().expect("env");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let run = |flags: &[&str]| {
+        let mut cmd = env.berth();
+        cmd.args(["container", "run", "--rm"]).args(flags).args([
+            "--rootfs",
+            &rootfs,
+            "sh",
+            "-c",
+            "cat; exit 3",
+        ]);
+        support::pty::run_with_input(cmd, "hi\nthere\n", Duration::from_secs(60))
+    };
+    let (code, out, err) = run(&["-i"]);
+    assert_eq!(code, 3, "stdout: {out:?}\nstderr: {err}");
+    assert_eq!(out, "hi\nthere\n", "stderr: {err}");
+    let (code, out, err) = run(&[]);
+    assert_eq!(code, 3, "stderr: {err}");
+    assert_eq!(out, "", "no -i: stdin is not attached");
+    fx.finish();
+}
+
+/// `container exec -it`: the exec'd shell gets the user's terminal size at start and every
+/// resize after; the terminal is restored when it exits.
+#[test]
+fn exec_tty_follows_terminal_resizes() {
+    crate::require_root!();
+    let fx = setup("rt-exec-winch");
+    let c = fx.rt.run(&fx.spec("xwinch", &["sleep", "1000"])).unwrap();
+    let mut cmd = fx.env.as_ref().expect("env").berth();
+    cmd.args([
+        "container",
+        "exec",
+        "-it",
+        "bt-xwinch",
+        "sh",
+        "-c",
+        READ_LOOP,
+    ]);
+    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    drive_read_loop(&mut s);
+    c.delete().unwrap();
+    fx.finish();
+}
+
 /// The whole runtime on the cgroup2 driver: `BERTH_CGROUP_ROOT` points it at this hybrid
 /// host's cgroup2 mount, which has no memory/cpu/pids controllers (they are bound to v1), so
 /// limits cannot be tested here; placement, cgroup namespace, freeze, kill and cleanup can.

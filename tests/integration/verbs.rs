@@ -627,3 +627,222 @@ fn pull_fetches_service_images() {
     drop(reg);
     env.finish();
 }
+
+/// `run -T` with piped stdin: the one-off's stdin is that stream (EOF ends `cat`), its
+/// output and exit code come back.
+#[test]
+fn run_pipes_stdin_into_a_one_off() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-stdin");
+    let _ns = support::enter_fresh_netns();
+    // On a project that is up (one that is not: `run_on_a_project_that_is_not_up`).
+    let dir = up(&env, "runstdin", SLEEPER);
+    let mut cmd = env.berth();
+    cmd.current_dir(&dir).args([
+        "-p",
+        &env.project,
+        "run",
+        "--rm",
+        "-T",
+        "app",
+        "sh",
+        "-c",
+        "cat; exit 3",
+    ]);
+    let (code, out, err) =
+        support::pty::run_with_input(cmd, "hi\nthere\n", Duration::from_secs(60));
+    assert_eq!(code, 3, "stdout: {out:?}\nstderr: {err}");
+    assert!(
+        out.contains("hi\nthere\n"),
+        "stdout: {out:?}\nstderr: {err}"
+    );
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `run` on a terminal: a tty for the one-off, raw mode, typed input, resizes and the exit
+/// code go through, the terminal is restored, and the one-off's log has the session.
+#[test]
+fn run_on_a_terminal_is_interactive() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-tty");
+    let _ns = support::enter_fresh_netns();
+    // On a project that is up (one that is not: `run_on_a_project_that_is_not_up`).
+    let dir = up(&env, "runtty", SLEEPER);
+    let name = format!("{}-tty-oneoff", env.project);
+    let mut cmd = env.berth();
+    cmd.current_dir(&dir).args([
+        "-p",
+        &env.project,
+        "run",
+        "--name",
+        &name,
+        "app",
+        "sh",
+        "-c",
+        crate::runtime::READ_LOOP,
+    ]);
+    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    crate::runtime::drive_read_loop(&mut s);
+    let logs = env.ok(&["container", "logs", &name]);
+    assert!(logs.contains("got:hello"), "{logs}");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `exec` on a terminal: a tty at our size, typed input, resizes (SIGWINCH) and the exit
+/// code go through; our terminal is restored.
+#[test]
+fn exec_on_a_terminal_follows_resizes() {
+    require_root!();
+    let env = TestEnv::new("verbs-exec-tty");
+    let _ns = support::enter_fresh_netns();
+    let dir = up(&env, "exectty", SLEEPER);
+    let mut cmd = env.berth();
+    cmd.current_dir(&dir).args([
+        "-p",
+        &env.project,
+        "exec",
+        "app",
+        "sh",
+        "-c",
+        crate::runtime::READ_LOOP,
+    ]);
+    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    crate::runtime::drive_read_loop(&mut s);
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `run` on a project that was never `up` (as docker compose): it creates the project's
+/// network and supervisor itself, the one-off's output and exit code come back, a one-off
+/// resolves another running container of its service by name, and `down` leaves nothing.
+#[test]
+fn run_on_a_project_that_is_not_up() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-fresh");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("run-fresh");
+    let (code, out, err) = env.compose(
+        &dir,
+        &[
+            "run",
+            "--rm",
+            "app",
+            "sh",
+            "-c",
+            "echo fresh one-off; exit 7",
+        ],
+    );
+    assert_eq!(code, 7, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("fresh one-off"),
+        "stdout: {out}\nstderr: {err}"
+    );
+    assert!(ps_rows(&env, &dir).is_empty(), "--rm removed the one-off");
+
+    let peer = format!("{}-peer", env.project);
+    let out = env.compose_ok(
+        &dir,
+        &["run", "-d", "--name", &peer, "app", "sleep", "3600"],
+    );
+    assert_eq!(out.trim(), peer);
+    let lookup = format!("nslookup {peer} >/dev/null && echo peer-resolves");
+    let (code, out, err) = env.compose(&dir, &["run", "--rm", "app", "sh", "-c", &lookup]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("peer-resolves"),
+        "stdout: {out}\nstderr: {err}"
+    );
+
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    assert!(ps_rows(&env, &dir).is_empty());
+    env.finish();
+}
+
+/// `run --no-deps` on a project that was never `up` starts no dependency but still gets
+/// the project's network and named volume (which outlives the one-off).
+#[test]
+fn run_no_deps_still_creates_networks_and_volumes() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-nodeps");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = support::compose_dir("run-fresh");
+    let (code, out, err) = env.compose(
+        &dir,
+        &[
+            "run",
+            "--rm",
+            "--no-deps",
+            "tool",
+            "sh",
+            "-c",
+            "echo kept > /data/f && ip -4 addr show eth0 | grep -q inet && echo has-net",
+        ],
+    );
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("has-net"), "stdout: {out}\nstderr: {err}");
+    assert!(
+        ps_rows(&env, &dir).is_empty(),
+        "db was not started (--no-deps)"
+    );
+    let volumes = env.ok(&["volume", "ls", "-q"]);
+    assert!(
+        volumes.contains(&format!("{}_data", env.project)),
+        "{volumes}"
+    );
+    let out = env.compose_ok(
+        &dir,
+        &["run", "--rm", "--no-deps", "tool", "cat", "/data/f"],
+    );
+    assert_eq!(out.trim(), "kept");
+    env.compose_ok(&dir, &["down", "-v"]);
+    env.finish();
+}
+
+/// `run -d` of a `stdin_open` service: no client is expected to attach, so the one-off's
+/// shim does not linger (up to 5 s) for one after the container exits.
+#[test]
+fn run_detached_does_not_wait_for_an_attach_client() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-detached-stdin");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "rundstdin",
+        "services:\n  app:\n    image: busybox\n    stdin_open: true\n    command: [sleep, '3600']\n",
+    );
+    let name = env.compose_ok(&dir, &["run", "-d", "app", "sh", "-c", "sleep 0.5"]);
+    let name = name.trim();
+    let state = env.root.join("containers").join(name).join("state.json");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).expect("state.json"))
+            .expect("state.json parses");
+    let shim = state["shim_pid"].as_i64().expect("shim_pid");
+    eventually(Duration::from_secs(10), || {
+        let rows = ps_rows(&env, &dir);
+        match rows.iter().find(|r| r["name"] == name) {
+            Some(r) if r["state"] == "exited" => Ok(()),
+            r => Err(format!("{r:?}")),
+        }
+    });
+    // Gone (or a zombie: this host's PID 1 does not reap) well before the 5 s wait.
+    let exited = Instant::now();
+    eventually(Duration::from_secs(2), || {
+        match std::fs::read_to_string(format!("/proc/{shim}/stat")) {
+            Ok(s)
+                if !s
+                    .rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z')) =>
+            {
+                Err(format!("shim {shim} still runs"))
+            }
+            _ => Ok(()),
+        }
+    });
+    assert!(exited.elapsed() < Duration::from_secs(2));
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}

@@ -10,6 +10,7 @@
 //! - [`images`]: the deterministic fixture images, built once per test run.
 //! - [`registry`]: the real `docker-registry` server on 127.0.0.1.
 //! - [`leak`]: the leak checker.
+//! - [`pty`]: a pseudo-terminal to drive `berth` as a user's terminal would.
 //!
 //! Tests that create kernel objects hold the kernel lock (through `TestEnv` or
 //! [`kernel_lock`]) so they run one at a time: a leak found after a test is that test's.
@@ -18,6 +19,7 @@
 
 pub mod images;
 pub mod leak;
+pub mod pty;
 pub mod registry;
 
 use std::os::fd::AsFd;
