@@ -192,15 +192,35 @@ impl CapSet {
     /// The capabilities this process can hand on: its bounding ∩ permitted sets (root in
     /// a restricted environment may lack some, e.g. CAP_SYS_RESOURCE).
     pub fn available() -> Self {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let mask = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-                .unwrap_or(u64::MAX)
+        // capget and PR_CAPBSET_READ: a few syscalls, where /proc/self/status makes the
+        // kernel render some fifty fields.
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
         };
-        CapSet(mask("CapBnd:") & mask("CapPrm:"))
+        let mut data = [CapData::default(); 2];
+        // SAFETY: header and two data structs as capget(2) requires for version 3.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_capget,
+                &mut hdr as *mut CapHeader,
+                data.as_mut_ptr(),
+            )
+        };
+        let permitted = if rc == 0 {
+            u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32)
+        } else {
+            u64::MAX
+        };
+        let mut bounding = 0u64;
+        for cap in Capability::all() {
+            // SAFETY: prctl with integer arguments only.
+            let r = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+            if r != 0 {
+                bounding |= 1u64 << cap as u8;
+            }
+        }
+        CapSet(bounding & permitted)
     }
 
     /// Only the capabilities in both sets.
@@ -354,6 +374,21 @@ pub(crate) fn apply(set: CapSet) -> Result<(), CapabilityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The syscalls give what the kernel prints in /proc/self/status (known caps only).
+    #[test]
+    fn available_matches_proc_status() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let mask = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+                .unwrap()
+        };
+        let want = mask("CapBnd:") & mask("CapPrm:") & CapSet::all().0;
+        assert_eq!(CapSet::available().0, want);
+    }
 
     #[test]
     fn docker_default_mask_matches_docker() {

@@ -231,6 +231,17 @@ pub(crate) fn unescape_octal(s: &str) -> String {
 /// (CLI, shim, exec helper) must see the same value; the helpers inherit it.
 pub const CGROUP_ROOT_ENV: &str = "BERTH_CGROUP_ROOT";
 
+/// The host's cgroup mounts, read from mountinfo once per process (a CLI command opens the
+/// cgroup several times; the hierarchies do not move while berth runs).
+fn cgroup_mounts() -> Result<&'static [CgroupMount], CgroupError> {
+    static MOUNTS: std::sync::OnceLock<Vec<CgroupMount>> = std::sync::OnceLock::new();
+    if let Some(m) = MOUNTS.get() {
+        return Ok(m);
+    }
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+    Ok(MOUNTS.get_or_init(|| parse_mountinfo(&text)))
+}
+
 /// Opens the cgroup of container `id` with the driver this host uses. Does not create it.
 pub fn open(id: &str) -> Result<Box<dyn CgroupManager>, CgroupError> {
     if let Some(root) = std::env::var_os(CGROUP_ROOT_ENV).filter(|r| !r.is_empty()) {
@@ -240,8 +251,7 @@ pub fn open(id: &str) -> Result<Box<dyn CgroupManager>, CgroupError> {
         }
         return Ok(Box::new(v2::CgroupV2::at(root, id)));
     }
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
-    let mounts = parse_mountinfo(&text);
+    let mounts = cgroup_mounts()?;
     let has_v1 = mounts.iter().any(|m| !m.v2);
     if has_v1 {
         return Ok(Box::new(v1::CgroupV1::from_mounts(&mounts, id)?));
