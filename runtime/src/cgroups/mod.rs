@@ -254,7 +254,7 @@ pub fn open(id: &str) -> Result<Box<dyn CgroupManager>, CgroupError> {
     let mounts = cgroup_mounts()?;
     let has_v1 = mounts.iter().any(|m| !m.v2);
     if has_v1 {
-        return Ok(Box::new(v1::CgroupV1::from_mounts(&mounts, id)?));
+        return Ok(Box::new(v1::CgroupV1::from_mounts(mounts, id)?));
     }
     let root = mounts
         .iter()
