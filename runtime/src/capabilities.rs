@@ -216,7 +216,8 @@ impl CapSet {
         for cap in Capability::all() {
             // SAFETY: prctl with integer arguments only.
             let r = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
-            if r != 0 {
+            // 1: in the set; 0: not; -1 (EINVAL): a capability this kernel does not know.
+            if r == 1 {
                 bounding |= 1u64 << cap as u8;
             }
         }

@@ -21,7 +21,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tracing::debug;
+use tracing::{debug, info};
 
 fn cache() -> &'static Mutex<HashMap<PathBuf, Arc<OwnedFd>>> {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Arc<OwnedFd>>>> = OnceLock::new();
@@ -44,7 +44,8 @@ pub(crate) fn sealed_copy(path: &Path, scratch: &Path) -> std::io::Result<Arc<Ow
         }
         Err(e) => {
             let fd = memfd_copy(path)?;
-            debug!(path = %path.display(), overlay_error = %e, elapsed_us = started.elapsed().as_micros() as u64, "helper sealed as a memfd copy");
+            // Once per process and helper: every start now pays for a copy, worth knowing.
+            info!(path = %path.display(), overlay_error = %e, elapsed_us = started.elapsed().as_micros() as u64, "helper sealed as a memfd copy (the read-only overlay failed)");
             fd
         }
     };
@@ -141,7 +142,18 @@ fn sealed_overlay(path: &Path, scratch: &Path) -> std::io::Result<OwnedFd> {
         if f < 0 {
             return Err(last());
         }
-        Ok(OwnedFd::from_raw_fd(f))
+        let f = OwnedFd::from_raw_fd(f);
+        // O_NOFOLLOW on a symlink gives the link itself: only a regular file will exec.
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(f.as_raw_fd(), &mut st) != 0 {
+            return Err(last());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(invalid(
+                "the helper seen through the overlay is not a regular file",
+            ));
+        }
+        Ok(f)
     }
 }
 
