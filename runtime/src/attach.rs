@@ -16,6 +16,7 @@
 //! The socket closes when the container's output ends. The shim stays the container's parent:
 //! a client that dies only drops its connection. Neighbours: `shim` (serves), `tty`.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,7 +28,8 @@ use crate::container::{Container, RuntimeError};
 
 /// The socket's name in the container's state dir.
 pub(crate) const SOCKET: &str = "attach.sock";
-/// Output kept for the first client, and the most a slow client may lag behind.
+/// Output kept for the first client, and the most a slow client may lag behind (older
+/// output is dropped for it: the shim never waits for a client).
 pub(crate) const REPLAY_MAX: usize = 1 << 20;
 
 /// `/proc/self/fd/N/<name>` for the directory open as `dir`: unix socket paths are limited
@@ -38,27 +40,59 @@ fn short_path(dir: &std::fs::File, name: &str) -> PathBuf {
 
 struct Client {
     sock: UnixStream,
-    pending: Vec<u8>,
+    pending: VecDeque<u8>,
+    /// Bytes of [`SKIPPED`] still at the front of `pending`.
+    marker: usize,
 }
 
+/// Put in place of the output dropped for a client that fell [`REPLAY_MAX`] behind.
+const SKIPPED: &[u8] = b"\r\n[berth: output skipped]\r\n";
+
 impl Client {
-    /// Sends what it can without blocking; false when the client is gone or too far behind.
+    fn new(sock: UnixStream, pending: Vec<u8>) -> Self {
+        Self {
+            sock,
+            pending: pending.into(),
+            marker: 0,
+        }
+    }
+
+    /// Queues `data`; beyond [`REPLAY_MAX`] the oldest output is dropped (once marked).
+    fn push(&mut self, data: &[u8]) {
+        self.pending.extend(data);
+        let excess = self.pending.len().saturating_sub(REPLAY_MAX + self.marker);
+        if excess == 0 {
+            return;
+        }
+        if self.marker > 0 {
+            self.pending.drain(self.marker..self.marker + excess);
+        } else {
+            self.pending.drain(..excess);
+            for b in SKIPPED.iter().rev() {
+                self.pending.push_front(*b);
+            }
+            self.marker = SKIPPED.len();
+        }
+    }
+
+    /// Sends what it can without blocking; false when the client is gone.
     fn flush(&mut self) -> bool {
         while !self.pending.is_empty() {
             match nix::sys::socket::send(
                 self.sock.as_raw_fd(),
-                &self.pending,
+                self.pending.as_slices().0,
                 nix::sys::socket::MsgFlags::MSG_NOSIGNAL | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
             ) {
                 Ok(n) => {
                     self.pending.drain(..n);
+                    self.marker = self.marker.saturating_sub(n);
                 }
                 Err(nix::Error::EINTR) => continue,
                 Err(nix::Error::EAGAIN) => break,
                 Err(_) => return false,
             }
         }
-        self.pending.len() <= REPLAY_MAX
+        true
     }
 }
 
@@ -72,7 +106,14 @@ pub(crate) struct Server {
     clients: Vec<Client>,
     /// A client is expected (`spec.attach`) and none has come yet.
     awaited: bool,
+    /// The listener is not polled until then (accept failed: it would stay readable).
+    paused_until: Option<std::time::Instant>,
+    /// An accept failure was logged already.
+    accept_failed: bool,
 }
+
+/// How long the listener rests after an accept error other than EAGAIN (EMFILE, ENOBUFS...).
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Server {
     /// Binds `attach.sock` in `state_dir` (replacing a stale one). `expected`: a client
@@ -84,8 +125,12 @@ impl Server {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        let listener = UnixListener::bind(&short)?;
-        // Whoever connects gets the container's terminal or stdin: root only.
+        // Whoever connects gets the container's terminal or stdin: root only, from the start
+        // (the shim is single-threaded, so the umask is ours alone for the bind).
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(&short);
+        nix::sys::stat::umask(old);
+        let listener = bound?;
         std::fs::set_permissions(&short, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
         Ok(Self {
@@ -96,6 +141,8 @@ impl Server {
             replay: (expected && tty).then(Vec::new),
             clients: Vec::new(),
             awaited: expected,
+            paused_until: None,
+            accept_failed: false,
         })
     }
 
@@ -111,8 +158,15 @@ impl Server {
 
     /// What to poll: the listener, then each client (in [`Server::handle`]'s order).
     pub(crate) fn pollfds(&self) -> Vec<libc::pollfd> {
+        let paused = self
+            .paused_until
+            .is_some_and(|t| t > std::time::Instant::now());
         let mut v = vec![libc::pollfd {
-            fd: self.listener.as_raw_fd(),
+            fd: if paused {
+                -1
+            } else {
+                self.listener.as_raw_fd()
+            },
             events: libc::POLLIN,
             revents: 0,
         }];
@@ -127,6 +181,15 @@ impl Server {
             revents: 0,
         }));
         v
+    }
+
+    /// The poll timeout (ms) the listener needs: until its back-off ends, else -1 (none).
+    pub(crate) fn poll_timeout(&self) -> i32 {
+        let now = std::time::Instant::now();
+        match self.paused_until {
+            Some(t) if t > now => (t - now).as_millis().clamp(1, i32::MAX as u128) as i32,
+            _ => -1,
+        }
     }
 
     /// Acts on the poll results for the fds of [`Server::pollfds`].
@@ -156,7 +219,31 @@ impl Server {
     }
 
     fn accept(&mut self) {
-        while let Ok((sock, _)) = self.listener.accept() {
+        if self
+            .paused_until
+            .is_some_and(|t| t > std::time::Instant::now())
+        {
+            return;
+        }
+        self.paused_until = None;
+        loop {
+            let sock = match self.listener.accept() {
+                Ok((sock, _)) => sock,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if !self.accept_failed {
+                        warn!(error = %e, "attach socket: accept failed; backing off");
+                        self.accept_failed = true;
+                    }
+                    self.paused_until = Some(std::time::Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            };
+            if !peer_allowed(&sock) {
+                warn!("attach socket: a connection from another user refused");
+                continue;
+            }
             self.awaited = false;
             let stdin = self.stdin.take();
             let (tag, fd) = match (&self.master, &stdin) {
@@ -175,10 +262,7 @@ impl Server {
             if sock.set_nonblocking(true).is_err() {
                 continue;
             }
-            let mut c = Client {
-                sock,
-                pending: self.replay.take().unwrap_or_default(),
-            };
+            let mut c = Client::new(sock, self.replay.take().unwrap_or_default());
             if c.flush() {
                 debug!("attach client joined");
                 self.clients.push(c);
@@ -193,13 +277,18 @@ impl Server {
             r.extend_from_slice(&data[..data.len().min(room)]);
         }
         self.clients.retain_mut(|c| {
-            c.pending.extend_from_slice(data);
-            let ok = c.flush();
-            if !ok {
-                warn!("an attach client fell too far behind; dropped");
-            }
-            ok
+            c.push(data);
+            c.flush()
         });
+    }
+}
+
+/// Only root or the shim's own user may attach (on top of the socket's 0600 mode).
+fn peer_allowed(sock: &UnixStream) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    match getsockopt(sock, PeerCredentials) {
+        Ok(cred) => cred.uid() == 0 || cred.uid() == nix::unistd::geteuid().as_raw(),
+        Err(_) => false,
     }
 }
 
@@ -223,7 +312,10 @@ impl Server {
                 libc::poll(
                     pfds.as_mut_ptr(),
                     pfds.len() as libc::nfds_t,
-                    left.as_millis().min(i32::MAX as u128) as i32,
+                    match self.poll_timeout() {
+                        -1 => left.as_millis().min(i32::MAX as u128) as i32,
+                        t => t.min(left.as_millis().min(i32::MAX as u128) as i32),
+                    },
                 )
             };
             if n < 0 && nix::Error::last() != nix::Error::EINTR {
@@ -347,6 +439,46 @@ mod tests {
         // SAFETY: valid array of pollfd.
         unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 1000) };
         server.handle(&pfds);
+    }
+
+    /// A client that reads nothing while more than [`REPLAY_MAX`] is output stays
+    /// connected; the oldest output is dropped for it (marked once), the newest arrives, and
+    /// `output` never blocks.
+    #[test]
+    fn a_slow_client_loses_old_output_not_its_connection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut server = Server::bind(tmp.path(), true, true).unwrap();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        server.set_master(r); // stands in for the pty master: only passed on
+        let client = connect(tmp.path());
+        serve_once(&mut server);
+        let (tag, _fd) = crate::tty::recv_tagged(client.as_raw_fd()).unwrap();
+        assert_eq!(tag, Some(b'T'));
+        assert_eq!(server.clients.len(), 1);
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..64 {
+            server.output(&chunk); // 4 MiB, nothing read meanwhile
+        }
+        server.output(b"THE-END");
+        assert_eq!(server.clients.len(), 1, "still connected");
+        let pending = server.clients[0].pending.len();
+        assert!(pending <= REPLAY_MAX + SKIPPED.len(), "{pending}");
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            (&client).read_to_end(&mut got).unwrap();
+            got
+        });
+        server.finish(std::time::Duration::from_secs(10));
+        drop(server);
+        let got = reader.join().unwrap();
+        assert!(got.ends_with(b"aaaTHE-END"), "newest output arrives");
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(
+            text.matches("[berth: output skipped]").count(),
+            1,
+            "marked once"
+        );
+        assert!(got.len() < 3 << 20, "old output dropped: {}", got.len());
     }
 
     /// A state dir longer than a unix socket path may be; the stdin pipe goes to the first

@@ -157,7 +157,17 @@ fn start(state: &StateDir) -> Result<Running, ErrorChain> {
                 if spec.tty {
                     match stdout.try_clone() {
                         Ok(m) => a.set_master(m),
-                        Err(e) => warn!(error = %e, "cannot dup the pty master for attach"),
+                        Err(e) => {
+                            // A client would get nothing and wait: fail the start instead.
+                            let _ = nix::sys::signal::kill(
+                                Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                            let _ = waitpid(Pid::from_raw(pid), None);
+                            let _ = cgroup.kill_all();
+                            let _ = cgroup.remove();
+                            return Err(chain_of("cannot dup the pty master for attach", &e));
+                        }
                     }
                 }
                 if let Some(w) = stdin {
@@ -339,7 +349,8 @@ fn pump_logs(r: &mut Running) {
             pfds.extend(a.pollfds());
         }
         // SAFETY: valid array of pollfd.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        let timeout = r.attach.as_ref().map_or(-1, |a| a.poll_timeout());
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             if nix::Error::last() == nix::Error::EINTR {
                 continue;

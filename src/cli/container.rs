@@ -358,6 +358,10 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
     if a.rm && a.detach {
         bail!("--rm with --detach is not supported yet (no daemon watches detached containers)");
     }
+    if a.tty && a.interactive && !a.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // As docker: raw mode and resizes need a terminal on our side.
+        bail!("the input device is not a TTY");
+    }
     let name = a.name.clone().unwrap_or_else(random_name);
     let id = ContainerId::new(name.clone())?;
     let mut args = a.args.clone();
@@ -464,35 +468,60 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
-    if a.tty {
-        // The tty's output comes through the attach socket (the log has it too).
-        let end = c
-            .attach()
-            .with_context(|| format!("attaching to {name}"))?
-            .relay_tty(a.interactive);
-        if let berth_runtime::AttachEnd::Signal(sig) = end {
+    // From here on, `--rm` removes the container however this ends.
+    let ended = attach_and_wait(&c, &name, &a);
+    if a.rm {
+        if !matches!(ended, Ok(Ok(_))) {
+            // Ended by a signal (an ssh disconnect, a kill) or an error: it may still run;
+            // stop it, briefly, to remove it.
+            let _ = c.stop(Duration::from_secs(2));
+        }
+        let removed = remove(rt, c);
+        if ended.is_ok() {
+            removed?;
+        }
+    }
+    match ended? {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(sig) => {
             berth_runtime::reraise(sig);
+            Ok(ExitCode::from((128 + sig).clamp(0, 255) as u8))
+        }
+    }
+}
+
+/// Attaches to `c` as `a` asks, relays until it ends, waits for it: its exit code, or
+/// `Err(signal)` when a signal ended a terminal session (the terminal is restored, the
+/// container still runs). A container that has exited before we could attach (its shim no
+/// longer waits for us): its log and exit code.
+fn attach_and_wait(c: &Container, name: &str, a: &RunArgs) -> anyhow::Result<Result<i32, i32>> {
+    let attached = if a.tty || a.interactive {
+        match c.attach() {
+            Ok(at) => Some(at),
+            Err(_) if matches!(c.status()?, Status::Exited(_)) => None,
+            Err(e) => return Err(e).with_context(|| format!("attaching to {name}")),
         }
     } else {
-        if a.interactive {
-            let stdin = c
-                .attach()
-                .with_context(|| format!("attaching to {name}"))?
-                .into_stdin();
-            if let Some(mut w) = stdin {
+        None
+    };
+    match attached {
+        // The tty's output comes through the attach socket (the log has it too).
+        Some(at) if a.tty => {
+            if let berth_runtime::AttachEnd::Signal(sig) = at.relay_tty(a.interactive) {
+                return Ok(Err(sig));
+            }
+        }
+        attached => {
+            if let Some(mut w) = attached.and_then(|at| at.into_stdin()) {
                 // Its own thread: a stdin that never ends must not keep berth alive.
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
                 });
             }
+            print_logs(c, true, false)?;
         }
-        print_logs(&c, true, false)?;
     }
-    let exit = c.wait(None)?;
-    if a.rm {
-        remove(rt, c)?;
-    }
-    Ok(ExitCode::from(exit.code.clamp(0, 255) as u8))
+    Ok(Ok(c.wait(None)?.code))
 }
 
 /// Prints the log; with `follow`, keeps reading until the container has exited.

@@ -4,10 +4,11 @@
 //! volumes); the engine's `run` plan makes what the one-off needs as `up` would (the
 //! project's networks and volumes, its dependencies unless `--no-deps`), then creates
 //! and starts the one-off (`<project>-<service>-run-<hex>`, label `oneoff=True`).
-//! In the foreground its stdin is attached (a tty when stdin is a terminal, unless `-T`: the
-//! terminal goes raw and is relayed both ways, resizes included; otherwise stdin is copied
-//! into the container's stdin pipe and the output streamed from the log), and berth exits
-//! with its exit code. The mechanism is the shim's attach socket (`berth_runtime::Attach`).
+//! In the foreground its stdin is attached (a tty when stdin and stdout are terminals, or
+//! with `-t`, unless `-T`: the terminal goes raw and is relayed both ways, resizes included;
+//! otherwise stdin is copied into the container's stdin pipe and the output streamed from
+//! the log), and berth exits with its exit code. The mechanism is the shim's attach socket
+//! (`berth_runtime::Attach`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,9 +58,13 @@ pub struct RunArgs {
     /// Don't start linked services
     #[arg(long)]
     pub no_deps: bool,
-    /// Disable pseudo-TTY allocation (by default one is allocated when stdin is a terminal)
-    #[arg(short = 'T', long = "no-TTY")]
+    /// Disable pseudo-TTY allocation (by default one is allocated when stdin and stdout
+    /// are terminals)
+    #[arg(short = 'T', long = "no-TTY", conflicts_with = "tty")]
     pub no_tty: bool,
+    /// Allocate a pseudo-TTY even when stdin or stdout is not a terminal
+    #[arg(short = 't', long = "tty", hide = true)]
+    pub tty: bool,
     /// Keep STDIN open and attached (the default, as in docker compose)
     #[arg(short = 'i', long)]
     pub interactive: bool,
@@ -140,9 +145,10 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
         // A one-off has its own name, however the service names its container.
         svc.container_name = None;
         if !args.detach {
-            // As docker compose: stdin attached (-i is the default), a tty when stdin is a
-            // terminal unless -T. With -d the service's own settings stay.
-            svc.tty = !args.no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
+            // As docker compose: stdin attached (-i is the default), a tty when stdout is a
+            // terminal (and stdin: its input goes raw) unless -T, or with -t. With -d the
+            // service's own settings stay.
+            svc.tty = !args.no_tty && (args.tty || stdio_is_terminal());
             svc.stdin_open = true;
         }
     }
@@ -180,7 +186,7 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     // From here on, `--rm` removes the one-off however this ends.
     let result = match started {
-        Ok(()) if tty => attach_tty(&engine, &name).await,
+        Ok(()) if tty => attach_tty(&engine, pname.as_str(), &args.service, &name).await,
         Ok(()) => match attach_stdin(&engine, &name).await {
             Ok(()) => follow_to_exit(&engine, pname.as_str(), &args.service, &name).await,
             Err(e) => Err(e),
@@ -188,37 +194,76 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => Err(e),
     };
     if args.rm {
+        // Ended by a signal (an ssh disconnect, a kill): the one-off is stopped with a short
+        // grace and removed before berth ends with that signal.
+        let grace = match result {
+            Ok(Ended::Signal(_)) => Duration::from_secs(2),
+            _ => Duration::from_secs(10),
+        };
         let removed = engine
-            .remove_one(project.clone(), &name, Duration::from_secs(10))
+            .remove_one(project.clone(), &name, grace)
             .await
             .with_context(|| format!("removing {name}"));
         if let (Ok(_), Err(e)) = (&result, removed) {
             return Err(e);
         }
     }
-    let code = result?;
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    match result? {
+        Ended::Code(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Ended::Signal(sig) => {
+            berth_runtime::reraise(sig);
+            Ok(ExitCode::from((128 + sig).clamp(0, 255) as u8))
+        }
+    }
+}
+
+/// How an attached one-off session ended for berth.
+enum Ended {
+    /// The one-off exited with this code.
+    Code(i32),
+    /// berth got this signal (SIGTERM, SIGHUP, SIGINT with a tty): the caller re-raises it.
+    Signal(i32),
+}
+
+/// The one-off has exited (exit.json is written).
+async fn has_exited(engine: &std::sync::Arc<crate::engine::Engine>, name: &str) -> bool {
+    let rt = engine.runtime.clone();
+    let n = name.to_string();
+    tokio::task::spawn_blocking(move || rt.get(&n).and_then(|c| c.status()))
+        .await
+        .is_ok_and(|s| matches!(s, Ok(berth_runtime::Status::Exited(_))))
 }
 
 /// Relay the one-off's tty to ours (raw, resizes followed) until its output ends; its exit
-/// code. A SIGTERM/SIGHUP/SIGINT to berth restores the terminal and ends berth with that
-/// signal; the one-off keeps running (its shim is its parent).
+/// code. A SIGTERM/SIGHUP/SIGINT to berth restores the terminal and is returned; the one-off
+/// keeps running (its shim is its parent) unless the caller removes it. A one-off that has
+/// exited before we could attach (its shim no longer waits): its log and exit code.
 async fn attach_tty(
     engine: &std::sync::Arc<crate::engine::Engine>,
+    project: &str,
+    service: &str,
     name: &str,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Ended> {
     let rt = engine.runtime.clone();
     let n = name.to_string();
-    let end = tokio::task::spawn_blocking(move || {
+    let attached = tokio::task::spawn_blocking(move || {
         let c = rt.get(&n)?;
-        Ok::<_, anyhow::Error>(c.attach()?.relay_tty(true))
+        Ok::<_, anyhow::Error>(c.attach()?)
     })
     .await?
-    .with_context(|| format!("attaching to {name}"))?;
+    .with_context(|| format!("attaching to {name}"));
+    let attach = match attached {
+        Ok(a) => a,
+        Err(_) if has_exited(engine, name).await => {
+            return follow_to_exit(engine, project, service, name).await
+        }
+        Err(e) => return Err(e),
+    };
+    let end = tokio::task::spawn_blocking(move || attach.relay_tty(true)).await?;
     if let berth_runtime::AttachEnd::Signal(sig) = end {
-        berth_runtime::reraise(sig);
+        return Ok(Ended::Signal(sig));
     }
-    Ok(engine.wait_exit(name).await?)
+    Ok(Ended::Code(engine.wait_exit(name).await?))
 }
 
 /// Copy our stdin into the one-off's stdin pipe (on a thread of its own: it may block on
@@ -229,12 +274,18 @@ async fn attach_stdin(
 ) -> anyhow::Result<()> {
     let rt = engine.runtime.clone();
     let n = name.to_string();
-    let stdin = tokio::task::spawn_blocking(move || {
+    let stdin = match tokio::task::spawn_blocking(move || {
         let c = rt.get(&n)?;
         Ok::<_, anyhow::Error>(c.attach()?.into_stdin())
     })
     .await?
-    .with_context(|| format!("attaching to {name}"))?;
+    .with_context(|| format!("attaching to {name}"))
+    {
+        Ok(w) => w,
+        // Exited before we came: nothing to feed, its log and exit code follow.
+        Err(_) if has_exited(engine, name).await => None,
+        Err(e) => return Err(e),
+    };
     if let Some(mut w) = stdin {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
@@ -243,13 +294,17 @@ async fn attach_stdin(
     Ok(())
 }
 
-/// Stream the one-off's output until it exits (Ctrl-C stops it); its exit code.
+/// Stream the one-off's output until it exits (Ctrl-C stops it); its exit code. SIGHUP or
+/// SIGTERM to berth ends the streaming and is returned.
 async fn follow_to_exit(
     engine: &std::sync::Arc<crate::engine::Engine>,
     project: &str,
     service: &str,
     name: &str,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Ended> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("catching SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("catching SIGTERM")?;
     let style = super::compose::LogStyle {
         raw: true,
         ..Default::default()
@@ -265,6 +320,8 @@ async fn follow_to_exit(
     let code = loop {
         tokio::select! {
             r = engine.wait_exit(name) => break r?,
+            _ = hup.recv() => return Ok(Ended::Signal(libc::SIGHUP)),
+            _ = term.recv() => return Ok(Ended::Signal(libc::SIGTERM)),
             _ = tokio::time::sleep(Duration::from_millis(100)) => logs.pass().await?,
             _ = tokio::signal::ctrl_c() => {
                 // Like docker: Ctrl-C stops the one-off (SIGTERM, then SIGKILL after 10 s).
@@ -277,7 +334,13 @@ async fn follow_to_exit(
         }
     };
     logs.pass().await?;
-    Ok(code)
+    Ok(Ended::Code(code))
+}
+
+/// Both stdin and stdout are terminals: `berth run db pg_dump > dump.sql` gets no tty.
+fn stdio_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
 
 /// 32 random hex digits (a one-off container's name suffix, like compose's).

@@ -1630,6 +1630,72 @@ fn container_outlives_its_attached_terminal() {
     fx.finish();
 }
 
+/// `container run -it --rm` on a terminal that hangs up (an ssh disconnect): berth restores
+/// the terminal, then stops and removes the container before it ends with SIGHUP.
+#[test]
+fn container_run_it_rm_is_removed_on_hangup() {
+    crate::require_root!();
+    let fx = setup("rt-run-it-hup");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let mut cmd = fx.env.as_ref().expect("env").berth();
+    cmd.args([
+        "container",
+        "run",
+        "-it",
+        "--rm",
+        "--name",
+        "bt-ithup",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        READ_LOOP,
+    ]);
+    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    s.expect("/dev/pts/", Duration::from_secs(30));
+    s.signal(Signal::SIGHUP);
+    assert_eq!(
+        s.wait(Duration::from_secs(20)),
+        -1,
+        "berth ends by the signal"
+    );
+    assert_eq!(s.modes(), s.initial, "terminal restored on SIGHUP");
+    assert!(fx.rt.get("bt-ithup").is_err(), "--rm removed the container");
+    fx.finish();
+}
+
+/// `container run -it` with stdin not a terminal is refused, as docker does, and creates
+/// nothing.
+#[test]
+fn container_run_it_needs_a_terminal() {
+    crate::require_root!();
+    let fx = setup("rt-run-it-notty");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let out = fx
+        .env
+        .as_ref()
+        .expect("env")
+        .berth()
+        .args([
+            "container",
+            "run",
+            "-it",
+            "--name",
+            "bt-itnotty",
+            "--rootfs",
+            &rootfs,
+            "true",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("the input device is not a TTY"), "{err}");
+    assert!(fx.rt.get("bt-itnotty").is_err(), "nothing created");
+    fx.finish();
+}
+
 /// `container run -t` of a command that exits at once (likely before berth connects to
 /// its tty): its output still reaches the terminal, its exit code comes back.
 #[test]

@@ -690,6 +690,70 @@ fn run_on_a_terminal_is_interactive() {
     env.finish();
 }
 
+/// `run` typed on a terminal with stdout redirected to a file (`berth run db pg_dump >
+/// dump.sql`): no tty (as docker compose), so the file gets the plain output, no CRLF.
+#[test]
+fn run_with_redirected_stdout_gets_no_tty() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-notty");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir("runnotty", SLEEPER);
+    let out_path = dir.join("out.txt");
+    let file = std::fs::File::create(&out_path).unwrap();
+    let mut cmd = env.berth();
+    cmd.current_dir(&dir).args([
+        "-p",
+        &env.project,
+        "run",
+        "--rm",
+        "app",
+        "sh",
+        "-c",
+        "[ -t 1 ] && echo out-is-tty || echo out-is-pipe; exit 3",
+    ]);
+    let mut s = support::pty::PtySession::spawn_with_stdout(cmd, 30, 100, Some(file.into()));
+    assert_eq!(s.wait(Duration::from_secs(60)), 3, "{:?}", s.screen());
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(out, "out-is-pipe\n", "screen: {:?}", s.screen());
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
+/// `run --rm` on a terminal that hangs up (an ssh disconnect): berth stops and removes the
+/// one-off before it ends with SIGHUP, the terminal restored.
+#[test]
+fn run_rm_removes_the_one_off_on_hangup() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-hup");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir("runhup", SLEEPER);
+    let mut cmd = env.berth();
+    cmd.current_dir(&dir).args([
+        "-p",
+        &env.project,
+        "run",
+        "--rm",
+        "app",
+        "sh",
+        "-c",
+        crate::runtime::READ_LOOP,
+    ]);
+    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    s.expect("/dev/pts/", Duration::from_secs(60));
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_eq!(
+        s.wait(Duration::from_secs(30)),
+        -1,
+        "berth ends by the signal"
+    );
+    assert_eq!(s.modes(), s.initial, "terminal restored");
+    assert!(ps_rows(&env, &dir).is_empty(), "--rm removed the one-off");
+    env.compose_ok(&dir, &["down"]);
+    env.finish();
+}
+
 /// `exec` on a terminal: a tty at our size, typed input, resizes (SIGWINCH) and the exit
 /// code go through; our terminal is restored.
 #[test]

@@ -27,7 +27,18 @@ pub type Modes = (libc::tcflag_t, libc::tcflag_t, libc::tcflag_t);
 
 impl PtySession {
     /// Starts `cmd` on a new pty of `rows` x `cols`.
-    pub fn spawn(mut cmd: Command, rows: u16, cols: u16) -> Self {
+    pub fn spawn(cmd: Command, rows: u16, cols: u16) -> Self {
+        Self::spawn_with_stdout(cmd, rows, cols, None)
+    }
+
+    /// [`PtySession::spawn`], with stdout redirected to `stdout` when given (`cmd > file`
+    /// typed on a terminal).
+    pub fn spawn_with_stdout(
+        mut cmd: Command,
+        rows: u16,
+        cols: u16,
+        stdout: Option<Stdio>,
+    ) -> Self {
         let ws = nix::pty::Winsize {
             ws_row: rows,
             ws_col: cols,
@@ -38,7 +49,9 @@ impl PtySession {
         let (master, slave) = (pty.master, pty.slave);
         let initial = modes_of(&slave);
         let fd = |f: &OwnedFd| Stdio::from(f.try_clone().expect("dup slave"));
-        cmd.stdin(fd(&slave)).stdout(fd(&slave)).stderr(fd(&slave));
+        cmd.stdin(fd(&slave))
+            .stdout(stdout.unwrap_or_else(|| fd(&slave)))
+            .stderr(fd(&slave));
         // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the slave by now.
         unsafe {
             cmd.pre_exec(|| {
