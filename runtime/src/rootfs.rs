@@ -334,21 +334,19 @@ fn overlay_options(
     Ok((render(Some(&base)), Some(base)))
 }
 
-/// Mounts overlayfs at `target` through fsopen/fsconfig/fsmount/move_mount, one `lowerdir+`
-/// per layer (top first), so the layer count is not bounded by the page-size limit on
-/// `mount(2)` data.
-fn mount_overlay_fsconfig(
-    lower: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> std::io::Result<()> {
+/// A detached overlayfs (fsopen/fsconfig/fsmount): `options` are string options in order,
+/// each with whether it must be accepted (an optional one the kernel refuses is skipped);
+/// `attrs` are `MOUNT_ATTR_*` flags. Gives the mount fd, attached nowhere. Shared by the
+/// rootfs and the helper seal (`sealed_exe`).
+pub(crate) fn overlay_detached(
+    options: &[(&std::ffi::CStr, &std::ffi::CStr, bool)],
+    attrs: libc::c_uint,
+) -> std::io::Result<OwnedFd> {
     const FSOPEN_CLOEXEC: libc::c_uint = 1;
     const FSCONFIG_SET_STRING: libc::c_uint = 1;
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
     const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-    let last = || std::io::Error::last_os_error();
+    let last = std::io::Error::last_os_error;
     // SAFETY: raw syscalls with valid C strings; returned fds are wrapped at once.
     unsafe {
         let fs = libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC);
@@ -356,26 +354,19 @@ fn mount_overlay_fsconfig(
             return Err(last());
         }
         let fs = OwnedFd::from_raw_fd(fs as RawFd);
-        let set = |key: &std::ffi::CStr, value: &Path| -> std::io::Result<()> {
-            let v = cstr(value);
+        for (key, value, required) in options {
             let rc = libc::syscall(
                 libc::SYS_fsconfig,
                 fs.as_raw_fd(),
                 FSCONFIG_SET_STRING,
                 key.as_ptr(),
-                v.as_ptr(),
+                value.as_ptr(),
                 0,
             );
-            if rc < 0 {
+            if rc < 0 && *required {
                 return Err(last());
             }
-            Ok(())
-        };
-        for l in lower.iter().rev() {
-            set(c"lowerdir+", l)?;
         }
-        set(c"upperdir", upper)?;
-        set(c"workdir", work)?;
         let null: *const libc::c_char = std::ptr::null();
         if libc::syscall(
             libc::SYS_fsconfig,
@@ -388,23 +379,47 @@ fn mount_overlay_fsconfig(
         {
             return Err(last());
         }
-        let m = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0);
+        let m = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs);
         if m < 0 {
             return Err(last());
         }
-        let m = OwnedFd::from_raw_fd(m as RawFd);
-        let t = cstr(target);
-        if libc::syscall(
+        Ok(OwnedFd::from_raw_fd(m as RawFd))
+    }
+}
+
+/// Mounts overlayfs at `target` through fsopen/fsconfig/fsmount/move_mount, one `lowerdir+`
+/// per layer (top first), so the layer count is not bounded by the page-size limit on
+/// `mount(2)` data.
+fn mount_overlay_fsconfig(
+    lower: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let lowers: Vec<CString> = lower.iter().rev().map(|l| cstr(l)).collect();
+    let (upper, work) = (cstr(upper), cstr(work));
+    let mut options: Vec<(&std::ffi::CStr, &std::ffi::CStr, bool)> = lowers
+        .iter()
+        .map(|l| (c"lowerdir+", l.as_c_str(), true))
+        .collect();
+    options.push((c"upperdir", &upper, true));
+    options.push((c"workdir", &work, true));
+    let m = overlay_detached(&options, 0)?;
+    let t = cstr(target);
+    // SAFETY: move_mount with a mount fd we own and a valid C string.
+    if unsafe {
+        libc::syscall(
             libc::SYS_move_mount,
             m.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_FDCWD,
             t.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
-        ) < 0
-        {
-            return Err(last());
-        }
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
     }
     debug!(layers = lower.len(), target = %target.display(), "overlay mounted with fsconfig");
     Ok(())

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -68,10 +68,6 @@ fn escape_lower(p: &Path) -> Vec<u8> {
 
 /// An `O_PATH` fd of `path` seen through a detached read-only overlay of its directory.
 fn sealed_overlay(path: &Path, scratch: &Path) -> std::io::Result<OwnedFd> {
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
     const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
     const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
     const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
@@ -89,51 +85,17 @@ fn sealed_overlay(path: &Path, scratch: &Path) -> std::io::Result<OwnedFd> {
     lower.extend(escape_lower(&scratch));
     let lower = CString::new(lower).map_err(|_| invalid("NUL in helper path"))?;
     let name = CString::new(name.as_bytes()).map_err(|_| invalid("NUL in helper name"))?;
+    let m = crate::rootfs::overlay_detached(
+        &[
+            (c"lowerdir", &lower, true),
+            // Only to keep dmesg quiet when the layers are on different filesystems.
+            (c"xino", c"off", false),
+        ],
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+    )?;
     let last = std::io::Error::last_os_error;
-    // SAFETY: raw syscalls with valid C strings; every returned fd is wrapped at once.
+    // SAFETY: openat/fstat on fds we own, a valid C string and a zeroed stat buffer.
     unsafe {
-        let fs = libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC);
-        if fs < 0 {
-            return Err(last());
-        }
-        let fs = OwnedFd::from_raw_fd(fs as RawFd);
-        let set = |key: &std::ffi::CStr, value: &std::ffi::CStr| {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs.as_raw_fd(),
-                FSCONFIG_SET_STRING,
-                key.as_ptr(),
-                value.as_ptr(),
-                0,
-            )
-        };
-        if set(c"lowerdir", &lower) < 0 {
-            return Err(last());
-        }
-        // Only to keep dmesg quiet when the layers are on different filesystems.
-        let _ = set(c"xino", c"off");
-        let null: *const libc::c_char = std::ptr::null();
-        if libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            null,
-            null,
-            0,
-        ) < 0
-        {
-            return Err(last());
-        }
-        let m = libc::syscall(
-            libc::SYS_fsmount,
-            fs.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        );
-        if m < 0 {
-            return Err(last());
-        }
-        let m = OwnedFd::from_raw_fd(m as RawFd);
         let f = libc::openat(
             m.as_raw_fd(),
             name.as_ptr(),

@@ -175,7 +175,7 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(render::progress(rx, progress));
     let started = engine
-        .run_oneoff(project.clone(), plan, tx)
+        .up(project.clone(), plan, tx)
         .await
         .with_context(|| format!("running service {}", args.service));
     let _ = printer.await;

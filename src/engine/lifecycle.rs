@@ -242,7 +242,8 @@ impl Engine {
             .map_err(|e| EngineError::Invalid(e.to_string()))
     }
 
-    /// `up`: converge the project, then wait for what the plan waits for.
+    /// `up`: converge the project, then wait for what the plan waits for. Also carries out
+    /// a [`Engine::plan_run`] plan (the one-off is running when this returns).
     pub async fn up(
         self: &Arc<Self>,
         project: Arc<Project>,
@@ -326,18 +327,6 @@ impl Engine {
             &observed,
         )
         .map_err(|e| EngineError::Invalid(e.to_string()))
-    }
-
-    /// `run`: carry out a [`Engine::plan_run`] plan; the one-off is running when this
-    /// returns.
-    pub async fn run_oneoff(
-        self: &Arc<Self>,
-        project: Arc<Project>,
-        plan: Plan,
-        events: tokio::sync::mpsc::UnboundedSender<Event>,
-    ) -> Result<(), EngineError> {
-        let run = self.new_run(project, events)?;
-        execute(run, plan).await
     }
 
     /// Remove container `name` of the project (a `run --rm` one-off when it exited).

@@ -460,6 +460,22 @@ impl Engine {
         Ok(out)
     }
 
+    /// Replica `index` of `service` (never a `run` one-off), or an error naming both.
+    async fn replica(
+        &self,
+        project: &str,
+        service: &str,
+        index: u32,
+    ) -> Result<berth_runtime::Container, EngineError> {
+        self.selected(project, &[service.to_string()])
+            .await?
+            .into_iter()
+            .find(|c| number_of(c) == index && !super::lifecycle::is_oneoff(c))
+            .ok_or_else(|| {
+                EngineError::Invalid(format!("service \"{service}\" has no container #{index}"))
+            })
+    }
+
     /// `port`: the host address published for `port`/`protocol` of container `index` of
     /// `service`.
     pub async fn port(
@@ -470,14 +486,7 @@ impl Engine {
         port: u16,
         protocol: &str,
     ) -> Result<String, EngineError> {
-        let c = self
-            .selected(project, &[service.to_string()])
-            .await?
-            .into_iter()
-            .find(|c| number_of(c) == index && !super::lifecycle::is_oneoff(c))
-            .ok_or_else(|| {
-                EngineError::Invalid(format!("service \"{service}\" has no container #{index}"))
-            })?;
+        let c = self.replica(project, service, index).await?;
         let ports = self
             .networks
             .ports(project)
@@ -717,14 +726,7 @@ impl Engine {
         host_path: &Path,
         follow: bool,
     ) -> Result<u64, EngineError> {
-        let c = self
-            .selected(project, &[service.to_string()])
-            .await?
-            .into_iter()
-            .find(|c| number_of(c) == index && !super::lifecycle::is_oneoff(c))
-            .ok_or_else(|| {
-                EngineError::Invalid(format!("service \"{service}\" has no container #{index}"))
-            })?;
+        let c = self.replica(project, service, index).await?;
         let id = c.id().to_string();
         let (Some(pid), true) = (c.pid(), is_live(&c)) else {
             return Err(EngineError::Invalid(format!(

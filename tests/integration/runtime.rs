@@ -1561,27 +1561,24 @@ pub(crate) fn drive_read_loop(s: &mut support::pty::PtySession) {
     );
 }
 
+/// `berth container run -it [extra] --name NAME` of the fixture rootfs running
+/// [`READ_LOOP`], on a 30x100 test terminal.
+fn run_it_session(fx: &Fixture, name: &str, extra: &[&str]) -> support::pty::PtySession {
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let mut cmd = fx.env.as_ref().expect("env").berth();
+    cmd.args(["container", "run", "-it"])
+        .args(extra)
+        .args(["--name", name, "--rootfs", &rootfs, "sh", "-c", READ_LOOP]);
+    support::pty::PtySession::spawn(cmd, 30, 100)
+}
+
 /// `container run -it`: an interactive terminal (see [`drive_read_loop`]), and the log still
 /// has the session's output.
 #[test]
 fn container_run_it_is_an_interactive_terminal() {
     crate::require_root!();
     let fx = setup("rt-run-it");
-    let rootfs = fx.rootfs.to_string_lossy().into_owned();
-    let mut cmd = fx.env.as_ref().expect("env").berth();
-    cmd.args([
-        "container",
-        "run",
-        "-it",
-        "--name",
-        "bt-it",
-        "--rootfs",
-        &rootfs,
-        "sh",
-        "-c",
-        READ_LOOP,
-    ]);
-    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    let mut s = run_it_session(&fx, "bt-it", &[]);
     drive_read_loop(&mut s);
     let c = fx.rt.get("bt-it").unwrap();
     assert!(log_text(&c).contains("got:hello"), "{}", log_text(&c));
@@ -1595,21 +1592,7 @@ fn container_run_it_is_an_interactive_terminal() {
 fn container_outlives_its_attached_terminal() {
     crate::require_root!();
     let fx = setup("rt-run-it-term");
-    let rootfs = fx.rootfs.to_string_lossy().into_owned();
-    let mut cmd = fx.env.as_ref().expect("env").berth();
-    cmd.args([
-        "container",
-        "run",
-        "-it",
-        "--name",
-        "bt-itterm",
-        "--rootfs",
-        &rootfs,
-        "sh",
-        "-c",
-        READ_LOOP,
-    ]);
-    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    let mut s = run_it_session(&fx, "bt-itterm", &[]);
     s.expect("/dev/pts/", Duration::from_secs(30));
     assert_ne!(s.modes(), s.initial, "raw while attached");
     s.signal(Signal::SIGTERM);
@@ -1636,22 +1619,7 @@ fn container_outlives_its_attached_terminal() {
 fn container_run_it_rm_is_removed_on_hangup() {
     crate::require_root!();
     let fx = setup("rt-run-it-hup");
-    let rootfs = fx.rootfs.to_string_lossy().into_owned();
-    let mut cmd = fx.env.as_ref().expect("env").berth();
-    cmd.args([
-        "container",
-        "run",
-        "-it",
-        "--rm",
-        "--name",
-        "bt-ithup",
-        "--rootfs",
-        &rootfs,
-        "sh",
-        "-c",
-        READ_LOOP,
-    ]);
-    let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
+    let mut s = run_it_session(&fx, "bt-ithup", &["--rm"]);
     s.expect("/dev/pts/", Duration::from_secs(30));
     s.signal(Signal::SIGHUP);
     assert_eq!(

@@ -142,11 +142,10 @@ fn cgroup_v2_limits_in_vm() {
     }
     vm.eq("exec_out", "alive");
 
-    // rm -f: the container's cgroup is gone; berth's shared parent (like Docker's `docker`)
-    // stays, empty.
+    // rm -f: the container's cgroup and berth's parent are gone.
     vm.eq("lim_rm_exit", "0");
     vm.eq("lim_dir", "absent");
-    vm.eq("berth_children", "0");
+    vm.eq("berth_dir", "absent");
     vm.eq("containers_left", "0");
 }
 

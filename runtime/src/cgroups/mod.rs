@@ -366,9 +366,14 @@ pub(crate) fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
             }
         }
     }
-    // The shared `berth` parent stays, like Docker's `docker`: removing it when it looked
-    // empty raced with a container being created under it, and made every next start pay
-    // for creating it again (and, on v2, enabling its controllers).
+    // The shared parent goes when it is empty, so nothing of berth's stays on the host;
+    // another container may be using it (ENOTEMPTY, EBUSY), which is fine. A container
+    // being created under it at that moment retries (`make_dir`).
+    if let Some(parent) = dir.parent() {
+        if parent.file_name().is_some_and(|n| n == PARENT) {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
     Ok(())
 }
 
