@@ -233,14 +233,21 @@ pub(crate) fn have(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A runc/crun bundle of the busybox fixture running `/bin/true`, from `runc spec`
-/// (pid/net/ipc/uts/mount namespaces, 3 capabilities, no seccomp, read-only root).
-fn make_bundle(work: &Path) -> Result<PathBuf> {
-    let bundle = work.join("bundle");
+/// A runc/crun bundle of the busybox fixture running `/bin/true`. `docker_like` writes into
+/// `runc spec`'s template what `berth container run` does by default, as Docker does: the 14
+/// default capabilities, berth's Docker seccomp profile (`docker_default_oci`), no
+/// no_new_privs, a writable root, Docker's masked and read-only paths and /proc flags.
+/// Without it the template stays as it is (3 capabilities, no seccomp, read-only root): a
+/// lighter reference.
+fn make_bundle(work: &Path, name: &str, docker_like: bool) -> Result<PathBuf> {
+    use berth_runtime::capabilities::{CapSet, DOCKER_DEFAULT};
+    let bundle = work.join(name);
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(&rootfs)?;
     let tar = work.join("busybox-rootfs.tar");
-    berth_fixtures::busybox_rootfs_tar(&tar)?;
+    if !tar.exists() {
+        berth_fixtures::busybox_rootfs_tar(&tar)?;
+    }
     let mut ar = tar::Archive::new(std::fs::File::open(&tar)?);
     ar.set_preserve_permissions(true);
     ar.unpack(&rootfs)?;
@@ -257,9 +264,30 @@ fn make_bundle(work: &Path) -> Result<PathBuf> {
     cfg["process"]["terminal"] = serde_json::json!(false);
     cfg["process"]["args"] = serde_json::json!(["/bin/true"]);
     cfg["root"]["path"] = serde_json::json!(rootfs.to_string_lossy());
+    if docker_like {
+        let caps: Vec<String> = DOCKER_DEFAULT.iter().map(|c| c.to_string()).collect();
+        cfg["process"]["capabilities"] =
+            serde_json::json!({ "bounding": caps, "effective": caps, "permitted": caps });
+        cfg["process"]["noNewPrivileges"] = serde_json::json!(false);
+        cfg["root"]["readonly"] = serde_json::json!(false);
+        for m in cfg["mounts"].as_array_mut().into_iter().flatten() {
+            if m["destination"] == "/proc" {
+                m["options"] = serde_json::json!(["nosuid", "noexec", "nodev"]);
+            }
+        }
+        cfg["linux"]["maskedPaths"] = serde_json::json!(berth_runtime::MASKED_PATHS);
+        cfg["linux"]["readonlyPaths"] = serde_json::json!(berth_runtime::READONLY_PATHS);
+        cfg["linux"]["seccomp"] =
+            berth_runtime::seccomp::docker_default_oci(CapSet::docker_default());
+    }
     std::fs::write(&path, serde_json::to_vec_pretty(&cfg)?)?;
     Ok(bundle)
 }
+
+const BERTH: &str = "berth (Docker defaults: 14 caps, seccomp)";
+const RUNC: &str = "runc run (same bundle: 14 caps, seccomp)";
+const CRUN: &str = "crun run (same bundle: 14 caps, seccomp)";
+const CRUN_LEAN: &str = "crun run (runc spec: 3 caps, no seccomp)";
 
 /// 1. Container start→exit of `/bin/true`: berth's runtime vs runc and crun.
 fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
@@ -273,10 +301,13 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
         r.note(s, "not built yet (`berth container run --rootfs` missing)");
         return;
     }
-    let bundle = match make_bundle(work) {
-        Ok(b) => b,
-        Err(e) => {
-            r.note(s, format!("cannot make the bundle: {e:#}"));
+    let (bundle, lean) = match (
+        make_bundle(work, "bundle", true),
+        make_bundle(work, "bundle-lean", false),
+    ) {
+        (Ok(b), Ok(l)) => (b, l),
+        (Err(e), _) | (_, Err(e)) => {
+            r.note(s, format!("cannot make the bundles: {e:#}"));
             return;
         }
     };
@@ -287,7 +318,7 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
     type Variant = (&'static str, Box<dyn Fn(usize) -> Command>);
     let mut variants: Vec<Variant> = Vec::new();
     for (label, extra) in [
-        ("berth (Docker defaults: 14 caps, seccomp)", None),
+        (BERTH, None),
         ("berth (seccomp=unconfined)", Some("seccomp=unconfined")),
     ] {
         let (berth, root, rootfs) = (opts.berth.clone(), root.clone(), rootfs.clone());
@@ -332,17 +363,16 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
             "floor skipped: berth-floor not built (cargo build --release -p berth-bench)",
         );
     }
-    for rt in ["runc", "crun"] {
+    for (rt, label, bundle) in [
+        ("runc", RUNC, &bundle),
+        ("crun", CRUN, &bundle),
+        ("crun", CRUN_LEAN, &lean),
+    ] {
         if !have(rt) {
             r.note(s, format!("{rt} skipped: not installed"));
             continue;
         }
         let (bundle, oci_root) = (bundle.clone(), oci_root.join(rt));
-        let label = if rt == "runc" {
-            "runc run (runc spec: 3 caps, no seccomp)"
-        } else {
-            "crun run (runc spec: 3 caps, no seccomp)"
-        };
         variants.push((
             label,
             Box::new(move |i| {
@@ -380,9 +410,10 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied()
     };
-    let berth = median("berth (Docker defaults: 14 caps, seccomp)");
+    let berth = median(BERTH);
     let ratios: Vec<String> = [
-        ("crun", "crun run (runc spec: 3 caps, no seccomp)"),
+        ("crun, same bundle", CRUN),
+        ("crun, runc spec template", CRUN_LEAN),
         (
             "floor, bind root",
             "floor (namespaces + bind root + pivot_root)",
@@ -396,7 +427,7 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
     .filter_map(|(name, label)| Some(format!("{:.2}x {name}", berth? / median(label)?)))
     .collect();
     for (label, _, mut samples) in working {
-        let target = if label.starts_with("berth (Docker") {
+        let target = if label == BERTH {
             "median <= crun's, <= 3x floor"
         } else {
             ""

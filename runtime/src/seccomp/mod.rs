@@ -116,6 +116,59 @@ pub(crate) fn allow_rules(caps: CapSet) -> BTreeMap<i64, Vec<Vec<Cond>>> {
     rules
 }
 
+/// The same profile as an OCI runtime-spec `linux.seccomp` object, for runc and crun (the
+/// start→exit bench gives them the same bundle as berth, and the differential test can).
+/// Alternatives become separate entries for the same name (libseccomp ORs them), a rule's
+/// conditions become one entry's `args` (ANDed). Only x86_64 is listed, as berth builds it.
+pub fn docker_default_oci(caps: CapSet) -> serde_json::Value {
+    use docker_profile::*;
+    use serde_json::json;
+    let mut names: HashMap<i64, &str> = ALLOW.iter().map(|(n, nr)| (*nr, *n)).collect();
+    for (n, nr) in [SOCKET, PERSONALITY, CLONE, CLONE3] {
+        names.insert(nr, n);
+    }
+    for (_, group) in CAP_GATED {
+        names.extend(group.iter().map(|(n, nr)| (*nr, *n)));
+    }
+    let mut allow = Vec::new();
+    let mut syscalls = Vec::new();
+    for (nr, alts) in allow_rules(caps) {
+        let name = names[&nr];
+        if nr == CLONE3.1 && !caps.contains(Capability::SysAdmin) {
+            syscalls.push(
+                json!({"names": [name], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}),
+            );
+            continue;
+        }
+        if alts.is_empty() {
+            allow.push(name);
+            continue;
+        }
+        for alt in alts {
+            let args: Vec<serde_json::Value> = alt
+                .iter()
+                .map(|c| match c.op {
+                    Op::Eq => json!({"index": c.index, "value": c.value, "op": "SCMP_CMP_EQ"}),
+                    Op::Lt => json!({"index": c.index, "value": c.value, "op": "SCMP_CMP_LT"}),
+                    Op::Gt => json!({"index": c.index, "value": c.value, "op": "SCMP_CMP_GT"}),
+                    Op::MaskedEq(mask) => json!({
+                        "index": c.index, "value": mask, "valueTwo": c.value,
+                        "op": "SCMP_CMP_MASKED_EQ"
+                    }),
+                })
+                .collect();
+            syscalls.push(json!({"names": [name], "action": "SCMP_ACT_ALLOW", "args": args}));
+        }
+    }
+    syscalls.insert(0, json!({"names": allow, "action": "SCMP_ACT_ALLOW"}));
+    json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": libc::EPERM,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": syscalls,
+    })
+}
+
 /// Names of the unconditionally allowed syscalls for `caps` (used by the profile test).
 #[cfg(test)]
 fn allowed_names(caps: CapSet) -> std::collections::BTreeSet<&'static str> {
@@ -460,6 +513,91 @@ mod tests {
                 .collect();
             let got: BTreeSet<String> = allowed_names(caps).into_iter().map(String::from).collect();
             assert_eq!(got, want, "allowlist differs for caps {:016x}", caps.0);
+        }
+    }
+
+    /// The OCI export read back (names through the profile's tables, args back to conditions)
+    /// gives the same verdict as the compiled filter for every number and the probed values.
+    #[test]
+    fn oci_export_reads_back_to_the_same_filter() {
+        use docker_profile::*;
+        let mut sys_admin = CapSet::docker_default();
+        sys_admin.insert(Capability::SysAdmin);
+        let mut by_name: HashMap<&str, i64> = ALLOW.iter().copied().collect();
+        by_name.extend([SOCKET, PERSONALITY, CLONE, CLONE3]);
+        for (_, group) in CAP_GATED {
+            by_name.extend(group.iter().copied());
+        }
+        for caps in [CapSet::docker_default(), sys_admin] {
+            let oci = docker_default_oci(caps);
+            assert_eq!(oci["defaultAction"], "SCMP_ACT_ERRNO");
+            assert_eq!(oci["defaultErrnoRet"], libc::EPERM);
+            let mut outcomes: BTreeMap<u32, Outcome> = BTreeMap::new();
+            for rule in oci["syscalls"].as_array().unwrap() {
+                let names = rule["names"].as_array().unwrap();
+                for name in names {
+                    let nr = by_name[name.as_str().unwrap()] as u32;
+                    let outcome = match (rule["action"].as_str().unwrap(), rule.get("args")) {
+                        ("SCMP_ACT_ERRNO", _) => {
+                            Outcome::Errno(rule["errnoRet"].as_u64().unwrap() as u32)
+                        }
+                        ("SCMP_ACT_ALLOW", None) => Outcome::Allow,
+                        ("SCMP_ACT_ALLOW", Some(args)) => {
+                            let alt: Vec<Cond> = args
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|a| {
+                                    let index = a["index"].as_u64().unwrap() as u8;
+                                    let value = a["value"].as_u64().unwrap();
+                                    let op = match a["op"].as_str().unwrap() {
+                                        "SCMP_CMP_EQ" => Op::Eq,
+                                        "SCMP_CMP_LT" => Op::Lt,
+                                        "SCMP_CMP_GT" => Op::Gt,
+                                        "SCMP_CMP_MASKED_EQ" => {
+                                            let two = a["valueTwo"].as_u64().unwrap();
+                                            return Cond::qword(index, Op::MaskedEq(value), two);
+                                        }
+                                        other => panic!("op {other}"),
+                                    };
+                                    Cond::dword(index, op, value)
+                                })
+                                .collect();
+                            match outcomes.entry(nr).or_insert(Outcome::Check(Vec::new())) {
+                                Outcome::Check(alts) => alts.push(alt),
+                                o => panic!("{name} listed twice: {o:?}"),
+                            }
+                            continue;
+                        }
+                        (a, _) => panic!("action {a}"),
+                    };
+                    assert!(outcomes.insert(nr, outcome).is_none(), "{name} twice");
+                }
+            }
+            let back = tree::build(&outcomes, libc::EPERM as u32).unwrap();
+            let ours = compile(caps).unwrap();
+            for nr in 0u32..=600 {
+                for a in [
+                    0u64,
+                    2,
+                    8,
+                    38,
+                    40,
+                    41,
+                    131080,
+                    0x1000_0000,
+                    0x10_0000,
+                    u64::MAX,
+                ] {
+                    let d = data(0xc000_003e, nr, a);
+                    assert_eq!(
+                        tree::run(&back, &d),
+                        verdict(&ours.filters, &d),
+                        "caps {:x} nr {nr} arg0 {a:#x}",
+                        caps.0
+                    );
+                }
+            }
         }
     }
 }
