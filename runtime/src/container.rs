@@ -7,7 +7,7 @@
 //! sealed view of the helper (`sealed_exe`). Blocking calls (`run`, `wait`, `stop`, `exec`) should go
 //! through `spawn_blocking` in async code. Neighbours: `state` (files), `cgroups`, `seccomp`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -156,14 +156,10 @@ impl Runtime {
         move |source| RuntimeError::State { id, path, source }
     }
 
-    /// A command for berth's binary in hidden mode `mode`, with `report` on fd 3.
-    fn helper_command(
-        &self,
-        mode: &str,
-        args: &[&str],
-        report: &OwnedFd,
-    ) -> std::io::Result<(Command, Option<std::sync::Arc<OwnedFd>>)> {
-        let (program, keep) = if self.seal_helper {
+    /// The path to exec berth's helper binary by: its sealed view (`/proc/self/fd/N`, with
+    /// the fd to keep open until the exec) or, unsealed, the binary itself.
+    fn helper_program(&self) -> std::io::Result<(PathBuf, Option<std::sync::Arc<OwnedFd>>)> {
+        Ok(if self.seal_helper {
             let fd =
                 crate::sealed_exe::sealed_copy(&self.helper, &self.state_root.join(SEAL_SCRATCH))?;
             (
@@ -172,7 +168,72 @@ impl Runtime {
             )
         } else {
             (self.helper.clone(), None)
-        };
+        })
+    }
+
+    /// Starts berth's binary in hidden mode `mode` with `stdio` as fds 0-2 and `report` on
+    /// fd 3, by `posix_spawn` (glibc: a vfork-style clone) rather than fork: this process's
+    /// page tables are not copied and its memory does not turn copy-on-write, which costs a
+    /// large CLI or the supervisor a fault per page it touches afterwards. The signal mask
+    /// is cleared and SIGPIPE reset to default, as `std::process::Command` does.
+    fn spawn_helper(
+        &self,
+        mode: &str,
+        args: &[&str],
+        stdio: [BorrowedFd<'_>; 3],
+        report: &OwnedFd,
+    ) -> std::io::Result<Pid> {
+        use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let (program, _keep) = self.helper_program()?;
+        // Sources above the targets: dup2(fd, fd) would keep FD_CLOEXEC on older glibc, and
+        // an earlier dup2 must not overwrite a later source.
+        let sources = [stdio[0], stdio[1], stdio[2], report.as_fd()]
+            .map(|fd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)));
+        let mut actions = PosixSpawnFileActions::init()?;
+        let mut owned = Vec::with_capacity(4);
+        for (target, fd) in sources.into_iter().enumerate() {
+            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd?) };
+            actions.add_dup2(fd.as_raw_fd(), target as i32)?;
+            owned.push(fd);
+        }
+        let mut attr = PosixSpawnAttr::init()?;
+        let mut default = nix::sys::signal::SigSet::empty();
+        default.add(Signal::SIGPIPE);
+        attr.set_sigdefault(&default)?;
+        attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+        attr.set_flags(
+            PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK,
+        )?;
+        let cstr = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
+        // argv[0] "berth" whatever the exec path (`/proc/self/fd/N`), so `ps` and leak checks see berth.
+        let argv = ["berth", mode]
+            .iter()
+            .chain(args)
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let envp = std::env::vars_os()
+            .map(|(k, v)| cstr(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(posix_spawn(
+            program.as_path(),
+            &actions,
+            &attr,
+            &argv,
+            &envp,
+        )?)
+    }
+
+    /// A command for berth's binary in hidden mode `mode`, with `report` on fd 3.
+    fn helper_command(
+        &self,
+        mode: &str,
+        args: &[&str],
+        report: &OwnedFd,
+    ) -> std::io::Result<(Command, Option<std::sync::Arc<OwnedFd>>)> {
+        let (program, keep) = self.helper_program()?;
         let mut cmd = Command::new(program);
         // argv[0] "berth" whatever the exec path (`/proc/self/fd/N`), so `ps` and leak checks see berth.
         cmd.arg0("berth").arg(mode).args(args);
@@ -268,19 +329,25 @@ impl Runtime {
             source,
         };
         let root = self.state_root.to_string_lossy().into_owned();
-        let (mut cmd, _keep) = self
-            .helper_command(crate::shim::MODE, &[&root, id], &w)
-            .map_err(spawn_err)?;
         let shim_log = std::fs::File::create(state.shim_log())
             .map_err(Self::err_state(id, &state.shim_log()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(shim_log);
-        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let null = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(spawn_err)?;
+        let child = self
+            .spawn_helper(
+                crate::shim::MODE,
+                &[&root, id],
+                [null.as_fd(), null.as_fd(), shim_log.as_fd()],
+                &w,
+            )
+            .map_err(spawn_err)?;
         drop(w);
         let report = protocol::receive::<ShimReport>(r);
         // The first shim process exits right after forking the real one.
-        let _ = child.wait();
+        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
         match report {
             Ok(Some(ShimReport::Started { pid })) => {
                 debug!(pid, "container started");
