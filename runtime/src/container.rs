@@ -611,6 +611,26 @@ impl Container {
         })
     }
 
+    /// Passes on a signal its foreground client caught (`docker run`'s sig-proxy). A
+    /// terminating signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) that PID 1 neither catches nor
+    /// blocks would be dropped by the kernel (a pid-namespace init gets no default actions),
+    /// leaving the client hanging where `docker run` hangs: the container is killed instead,
+    /// as the signal asked. True when it was killed.
+    pub fn forward(&self, signal: Signal) -> Result<bool> {
+        let pid = self.live_pid()?;
+        let terminating = matches!(
+            signal,
+            Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT
+        );
+        if terminating && !handles_signal(pid, signal) {
+            debug!(pid, %signal, "PID 1 has no handler for the forwarded signal: killing");
+            self.kill_all()?;
+            return Ok(true);
+        }
+        self.signal(signal)?;
+        Ok(false)
+    }
+
     /// SIGKILLs every process of the container (through its cgroup).
     pub fn kill_all(&self) -> Result<()> {
         let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;

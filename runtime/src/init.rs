@@ -282,6 +282,47 @@ fn set_rlimits(rlimits: &[Rlimit]) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Every signal back to its default action, none blocked, as a process starts under
+/// Docker. An ignored disposition survives execve: the shim's Rust runtime ignores SIGPIPE,
+/// and a shell that ran berth in the background ignores SIGINT and SIGQUIT; without this
+/// the workload would inherit them (and a shell as PID 1 could not even trap them).
+fn reset_signals() {
+    /// The kernel's `struct sigaction` on x86_64 (glibc's wrapper refuses signals 32 and 33,
+    /// which it keeps for itself, but they can be inherited ignored too).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: rt_sigaction with a valid struct and an 8-byte sigset, no old action.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    std::ptr::addr_of!(dfl),
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                )
+            };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}
+
 /// Applies user, limits and security settings to the calling process and execs `args`.
 pub(crate) fn become_process(p: &ProcessSpec<'_>) -> Result<Infallible, InitError> {
     let u = user::resolve_in_current_root(p.user)?;
@@ -298,6 +339,7 @@ pub(crate) fn become_process(p: &ProcessSpec<'_>) -> Result<Infallible, InitErro
     // fd above stdio close-on-exec. The error pipe already is.
     // SAFETY: close_range with constant arguments.
     unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    reset_signals();
 
     capabilities::drop_bounding(p.caps)?;
     // Without no_new_privs the filter must be loaded while CAP_SYS_ADMIN is still held

@@ -58,7 +58,7 @@ pub use spec::{
     ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs, Seccomp,
 };
 pub use state::ExitRecord;
-pub use tty::{reraise, terminal_size};
+pub use tty::{reraise, terminal_size, CaughtSignals};
 
 pub use nix::sys::signal::Signal;
 

@@ -368,6 +368,28 @@ impl Drop for Signals {
     }
 }
 
+/// Signals caught for a foreground client that passes them on to its container, as
+/// `docker run` does without a terminal (its sig-proxy): while alive, the given signals no
+/// longer end this process but queue up for [`CaughtSignals::pending`]; the old
+/// dispositions come back on drop. `None` if another catcher is active in this process.
+pub struct CaughtSignals(Signals);
+
+impl CaughtSignals {
+    pub fn install(sigs: &[nix::sys::signal::Signal]) -> Option<Self> {
+        let raw: Vec<libc::c_int> = sigs.iter().map(|s| *s as libc::c_int).collect();
+        Signals::install(&raw).map(Self)
+    }
+
+    /// The signals caught since the last call, in order.
+    pub fn pending(&self) -> Vec<nix::sys::signal::Signal> {
+        self.0
+            .drain()
+            .into_iter()
+            .filter_map(|s| nix::sys::signal::Signal::try_from(s).ok())
+            .collect()
+    }
+}
+
 /// Ends this process with `sig` as if it had not been caught (after a [`RelayEnd::Signal`],
 /// once the terminal is restored).
 pub fn reraise(sig: i32) {

@@ -240,7 +240,7 @@ fn run_blocking(root: Root, cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
         }),
         ContainerCommand::Logs(a) => {
             let c = rt.get(&a.container)?;
-            print_logs(&c, a.follow, a.timestamps)?;
+            print_logs(&c, a.follow, a.timestamps, None)?;
             Ok(ExitCode::SUCCESS)
         }
         ContainerCommand::Inspect(a) => {
@@ -518,19 +518,49 @@ fn attach_and_wait(c: &Container, name: &str, a: &RunArgs) -> anyhow::Result<Res
                     let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
                 });
             }
-            print_logs(c, true, false)?;
+            // No terminal: signals to berth go on to the container, as `docker run`'s
+            // sig-proxy does, and berth ends when the container does.
+            let proxy = berth_runtime::CaughtSignals::install(&PROXIED);
+            print_logs(c, true, false, proxy.as_ref().map(|p| (p, name)))?;
         }
     }
     Ok(Ok(c.wait(None)?.code))
 }
 
-/// Prints the log; with `follow`, keeps reading until the container has exited.
-fn print_logs(c: &Container, follow: bool, timestamps: bool) -> anyhow::Result<()> {
+/// What a foreground `container run` without a terminal passes on to its container.
+const PROXIED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Prints the log; with `follow`, keeps reading until the container has exited. With
+/// `proxy`, the signals it caught are passed on to the container (named for messages).
+fn print_logs(
+    c: &Container,
+    follow: bool,
+    timestamps: bool,
+    proxy: Option<(&berth_runtime::CaughtSignals, &str)>,
+) -> anyhow::Result<()> {
     use std::io::{BufRead, Seek};
     let path = c.log_path();
     let mut pos = 0u64;
     let mut partial = String::new();
     loop {
+        // Before any output: after a hang-up, writing to the gone terminal fails.
+        for sig in proxy.map(|(p, _)| p.pending()).unwrap_or_default() {
+            match c.forward(sig) {
+                Ok(true) => eprintln!(
+                    "berth: {}: its PID 1 has no handler for {sig}, which the kernel drops; killed the container",
+                    proxy.map(|(_, n)| n).unwrap_or_default()
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(%sig, error = %e, "not forwarded"),
+            }
+        }
         let done = !follow || matches!(c.status()?, Status::Exited(_) | Status::Dead);
         if let Ok(mut f) = std::fs::File::open(&path) {
             if f.metadata()?.len() < pos {

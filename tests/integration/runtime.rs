@@ -1959,3 +1959,108 @@ msg: .ascii \"i386-ok\\n\"
     assert_eq!(text, "i386-ok\n");
     fx.finish();
 }
+
+/// A container starts with every signal at its default action, whatever berth's caller
+/// ignored (a shell's background job ignores SIGINT and SIGQUIT) and whatever berth's own
+/// Rust runtime ignores (SIGPIPE): as under Docker, `yes | head -1` ends quietly and a shell
+/// as PID 1 can trap SIGINT.
+#[test]
+fn container_starts_with_default_signal_dispositions() {
+    crate::require_root!();
+    let fx = setup("rt-sigdfl");
+    let env = fx.env.as_ref().expect("env");
+    let mut cmd = env.berth();
+    cmd.args(["container", "run", "--rm", "--rootfs"])
+        .arg(&fx.rootfs)
+        .args([
+            "sh",
+            "-c",
+            "grep -E '^Sig(Ign|Blk):' /proc/self/status; yes | head -1; trap 'echo trapped' INT; kill -INT $$",
+        ]);
+    // SAFETY: signal(2) between fork and exec only changes this child's dispositions.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            for s in [libc::SIGINT, libc::SIGQUIT, libc::SIGPIPE] {
+                libc::signal(s, libc::SIG_IGN);
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("SigIgn:\t0000000000000000"), "{stdout}");
+    assert!(stdout.contains("SigBlk:\t0000000000000000"), "{stdout}");
+    assert!(stdout.contains("y\n"), "{stdout}");
+    assert!(!stderr.contains("Broken pipe"), "yes saw EPIPE: {stderr}");
+    assert!(
+        stdout.contains("trapped"),
+        "PID 1 could not trap SIGINT: {stdout}"
+    );
+    fx.finish();
+}
+
+/// `container run` without a terminal passes SIGTERM/SIGINT/SIGHUP on to the container, as
+/// `docker run` does, and ends with the container's exit code; `--rm` still removes it. A
+/// PID 1 without a handler, whom the kernel would not deliver the signal to, is killed
+/// instead of leaving berth hanging (where `docker run` hangs).
+#[test]
+fn container_run_passes_signals_on_without_a_terminal() {
+    crate::require_root!();
+    let fx = setup("rt-sigproxy");
+    let env = fx.env.as_ref().expect("env");
+    let run = |name: &str, script: &str, sig: i32| {
+        let mut child = env
+            .berth()
+            .args(["container", "run", "--rm", "--name", name, "--rootfs"])
+            .arg(&fx.rootfs)
+            .args(["sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for "ready" in the log before signalling.
+        let log = env.root.join("containers").join(name).join("container.log");
+        eventually(Duration::from_secs(10), || {
+            match std::fs::read_to_string(&log) {
+                Ok(l) if l.contains("ready") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let started = Instant::now();
+        let out = loop {
+            if child.try_wait().unwrap().is_some() {
+                break child.wait_with_output().unwrap();
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("berth still runs 10 s after signal {sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let handled = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
+    let (code, out, err) = run("bt-proxy1", handled, libc::SIGTERM);
+    assert_eq!(code, Some(7), "{out}{err}");
+    assert!(out.contains("got-term"), "{out}");
+    let hup = "trap 'echo got-hup; exit 9' HUP; echo ready; while :; do sleep 0.1; done";
+    let (code, out, err) = run("bt-proxy2", hup, libc::SIGHUP);
+    assert_eq!(code, Some(9), "{out}{err}");
+    // `exec sleep`: PID 1 is sleep, which has no SIGINT handler.
+    let (code, out, err) = run("bt-proxy3", "echo ready; exec sleep 60", libc::SIGINT);
+    assert_eq!(code, Some(137), "{out}{err}");
+    assert!(err.contains("no handler for SIGINT"), "{err}");
+    let (_, ls, _) = env.run(&["container", "ls", "-a", "-q"]);
+    assert!(ls.trim().is_empty(), "--rm left containers: {ls}");
+    fx.finish();
+}
