@@ -163,7 +163,7 @@ fn main() -> Result<()> {
     let want = |n: u32| opts.only.is_empty() || opts.only.contains(&n);
     let w = work.path();
     if want(1) {
-        section_start_exit(&opts, w, &mut report);
+        section_start_exit(&opts, w, layout.as_deref(), &mut report);
     }
     if want(2) {
         section_up_down(&opts, w, layout.as_deref(), &mut report);
@@ -285,12 +285,13 @@ fn make_bundle(work: &Path, name: &str, docker_like: bool) -> Result<PathBuf> {
 }
 
 const BERTH: &str = "berth (Docker defaults: 14 caps, seccomp)";
+const BERTH_IMAGE: &str = "berth from image (overlay root, Docker-like)";
 const RUNC: &str = "runc run (same bundle: 14 caps, seccomp)";
 const CRUN: &str = "crun run (same bundle: 14 caps, seccomp)";
 const CRUN_LEAN: &str = "crun run (runc spec: 3 caps, no seccomp)";
 
 /// 1. Container start→exit of `/bin/true`: berth's runtime vs runc and crun.
-fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
+fn section_start_exit(opts: &Opts, work: &Path, layout: Option<&Path>, r: &mut Report) {
     let s = "1 start->exit";
     let probe = Command::new(&opts.berth)
         .args(["container", "run", "--help"])
@@ -336,6 +337,35 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
                 c
             }),
         ));
+    }
+    // From the busybox image, as Docker runs containers: an overlay root of its layers
+    // (compared with the overlay-root floor).
+    let loaded = layout.is_some_and(|l| {
+        opts.berth_cmd(&root, work, &["image", "load", "-i", &l.to_string_lossy()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if loaded {
+        let (berth, root) = (opts.berth.clone(), root.clone());
+        variants.push((
+            BERTH_IMAGE,
+            Box::new(move |_| {
+                let mut c = Command::new(&berth);
+                c.env("BERTH_ROOT", &root).args([
+                    "container",
+                    "run",
+                    "--rm",
+                    "busybox",
+                    "/bin/true",
+                ]);
+                c
+            }),
+        ));
+    } else {
+        r.note(
+            s,
+            "image variant skipped: cannot load the busybox fixture image",
+        );
     }
     // The floor: the same namespaces, root mount, /proc, pivot_root and exec, nothing else
     // (bench/src/bin/berth-floor.rs, built beside this binary).
@@ -426,6 +456,8 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
     .iter()
     .filter_map(|(name, label)| Some(format!("{:.2}x {name}", berth? / median(label)?)))
     .collect();
+    let image_ratio =
+        median(BERTH_IMAGE).zip(median("floor (namespaces + overlay root + pivot_root)"));
     for (label, _, mut samples) in working {
         let target = if label == BERTH {
             "median <= crun's, <= 3x floor"
@@ -438,6 +470,15 @@ fn section_start_exit(opts: &Opts, work: &Path, r: &mut Report) {
         r.note(
             s,
             format!("berth (Docker defaults) median = {}", ratios.join(", ")),
+        );
+    }
+    if let Some((image, floor)) = image_ratio {
+        r.note(
+            s,
+            format!(
+                "berth from the image median = {:.2}x floor, overlay root",
+                image / floor
+            ),
         );
     }
 }
