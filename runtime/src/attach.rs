@@ -45,6 +45,9 @@ struct Client {
     marker: usize,
 }
 
+/// How far past a cut [`Client::realign`] looks for the start of a line.
+const REALIGN_MAX: usize = 4096;
+
 /// Put in place of the output dropped for a client that fell [`REPLAY_MAX`] behind.
 const SKIPPED: &[u8] = b"\r\n[berth: output skipped]\r\n";
 
@@ -73,6 +76,19 @@ impl Client {
             }
             self.marker = SKIPPED.len();
         }
+        self.realign();
+    }
+
+    /// After a cut, what follows the marker starts a line (so no UTF-8 character or
+    /// escape sequence is split), or, with no newline in the next [`REALIGN_MAX`] bytes, at
+    /// a UTF-8 character boundary.
+    fn realign(&mut self) {
+        let after = self.pending.range(self.marker..);
+        let drop = match after.clone().take(REALIGN_MAX).position(|b| *b == b'\n') {
+            Some(nl) => nl + 1,
+            None => after.take(3).take_while(|b| **b & 0xC0 == 0x80).count(),
+        };
+        self.pending.drain(self.marker..self.marker + drop);
     }
 
     /// Sends what it can without blocking; false when the client is gone.
@@ -444,6 +460,33 @@ mod tests {
     /// A client that reads nothing while more than [`REPLAY_MAX`] is output stays
     /// connected; the oldest output is dropped for it (marked once), the newest arrives, and
     /// `output` never blocks.
+    #[test]
+    fn output_after_the_skip_marker_starts_a_line_or_a_character() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut c = Client::new(a, Vec::new());
+        // Lines of "é" (two bytes each): a cut lands anywhere in them.
+        let line = format!("{}\n", "é".repeat(1000));
+        while c.marker == 0 {
+            c.push(line.as_bytes());
+        }
+        for _ in 0..3 {
+            c.push(line.as_bytes());
+            let after: Vec<u8> = c.pending.range(c.marker..).copied().collect();
+            assert!(after.starts_with("é".as_bytes()), "{:?}", &after[..4]);
+            assert!(std::str::from_utf8(&after).is_ok());
+        }
+        // No newline in reach: the cut still lands on a character boundary.
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut c = Client::new(a, Vec::new());
+        let blob = "€".repeat(REPLAY_MAX / 3 + 7);
+        c.push(blob.as_bytes());
+        c.push(b"x");
+        c.push("€".repeat(5).as_bytes());
+        let after: Vec<u8> = c.pending.range(c.marker..).copied().collect();
+        assert!(c.marker > 0);
+        assert!(std::str::from_utf8(&after).is_ok(), "split character");
+    }
+
     #[test]
     fn a_slow_client_loses_old_output_not_its_connection() {
         let tmp = tempfile::tempdir().unwrap();

@@ -384,16 +384,20 @@ pub fn plan_run(
     observed: &[Observed],
 ) -> Result<Plan, GraphError> {
     let mut plan = if deps.is_empty() {
-        let mut p = Plan::default();
-        p.push(Op::EnsureNetworks, vec![]);
-        p
+        Plan::default()
     } else {
         reconcile(project, deps, observed, &UpOptions::default())?
     };
-    // `reconcile` starts with the networks; everything of the dependencies' `up` comes
-    // before their waits.
-    let nets = 0;
+    // Everything of the dependencies' `up` comes before their waits.
     let up_of_deps: Vec<usize> = (0..plan.steps.len()).collect();
+    let nets = match plan
+        .steps
+        .iter()
+        .position(|s| matches!(s.op, Op::EnsureNetworks))
+    {
+        Some(i) => i,
+        None => plan.push(Op::EnsureNetworks, vec![]),
+    };
     let image = plan.push(
         Op::EnsureImage {
             service: target.service.clone(),
