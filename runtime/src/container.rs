@@ -189,13 +189,15 @@ impl Runtime {
         let (program, _keep) = self.helper_program()?;
         // Sources above the targets: dup2(fd, fd) would keep FD_CLOEXEC on older glibc, and
         // an earlier dup2 must not overwrite a later source.
-        let sources = [stdio[0], stdio[1], stdio[2], report.as_fd()]
-            .map(|fd| nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10)));
+        let sources = [stdio[0], stdio[1], stdio[2], report.as_fd()].map(|fd| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+                // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nobody else owns.
+                .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+        });
         let mut actions = PosixSpawnFileActions::init()?;
         let mut owned = Vec::with_capacity(4);
         for (target, fd) in sources.into_iter().enumerate() {
-            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd?) };
+            let fd = fd?;
             actions.add_dup2(fd.as_raw_fd(), target as i32)?;
             owned.push(fd);
         }
@@ -612,17 +614,19 @@ impl Container {
     }
 
     /// Passes on a signal its foreground client caught (`docker run`'s sig-proxy). A
-    /// terminating signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) that PID 1 neither catches nor
-    /// blocks would be dropped by the kernel (a pid-namespace init gets no default actions),
-    /// leaving the client hanging where `docker run` hangs: the container is killed instead,
-    /// as the signal asked. True when it was killed.
+    /// terminating signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) that PID 1 neither catches,
+    /// blocks nor ignores on purpose would be dropped by the kernel (a pid-namespace init
+    /// gets no default actions), leaving the client hanging where `docker run` hangs: the
+    /// container is killed instead, as the signal asked. True when it was killed.
     pub fn forward(&self, signal: Signal) -> Result<bool> {
         let pid = self.live_pid()?;
         let terminating = matches!(
             signal,
             Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT
         );
-        if terminating && !handles_signal(pid, signal) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let dropped = !status_handles(&status, signal) && !status_has(&status, "SigIgn:", signal);
+        if terminating && dropped {
             debug!(pid, %signal, "PID 1 has no handler for the forwarded signal: killing");
             self.kill_all()?;
             return Ok(true);
@@ -812,15 +816,19 @@ pub(crate) fn handles_signal(pid: i32, sig: Signal) -> bool {
 }
 
 fn status_handles(status: &str, sig: Signal) -> bool {
+    status_has(status, "SigCgt:", sig) || status_has(status, "SigBlk:", sig)
+}
+
+/// Whether `sig` is in the mask `key` (e.g. `SigIgn:`) of a /proc/PID/status text; true
+/// when the mask can't be read.
+fn status_has(status: &str, key: &str, sig: Signal) -> bool {
     let bit = 1u64 << (sig as i32 - 1);
-    let mask = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(u64::MAX)
-    };
-    (mask("SigCgt:") | mask("SigBlk:")) & bit != 0
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    mask & bit != 0
 }
 
 #[cfg(test)]

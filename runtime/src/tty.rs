@@ -375,8 +375,22 @@ impl Drop for Signals {
 pub struct CaughtSignals(Signals);
 
 impl CaughtSignals {
+    /// A signal this process ignores stays ignored (as `nohup` or a shell's background job
+    /// set it up): it is neither caught nor passed on.
     pub fn install(sigs: &[nix::sys::signal::Signal]) -> Option<Self> {
-        let raw: Vec<libc::c_int> = sigs.iter().map(|s| *s as libc::c_int).collect();
+        let ignored = |sig: libc::c_int| {
+            // SAFETY: only reads the current action into a zeroed struct.
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN
+            }
+        };
+        let raw: Vec<libc::c_int> = sigs
+            .iter()
+            .map(|s| *s as libc::c_int)
+            .filter(|s| !ignored(*s))
+            .collect();
         Signals::install(&raw).map(Self)
     }
 

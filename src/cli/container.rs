@@ -455,6 +455,14 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
             other => bail!("unsupported security option {other:?}"),
         }
     }
+    // Without a terminal, signals to berth go on to the container, as `docker run`'s
+    // sig-proxy does: caught from before the start (none is lost in between) until the
+    // container is removed (a Ctrl-C cannot cut the `--rm` cleanup short).
+    let proxy = if a.detach || a.tty {
+        None
+    } else {
+        berth_runtime::CaughtSignals::install(&PROXIED)
+    };
     let c = match rt.run(&spec) {
         Ok(c) => c,
         Err(e) => {
@@ -469,7 +477,7 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     // From here on, `--rm` removes the container however this ends.
-    let ended = attach_and_wait(&c, &name, &a);
+    let ended = attach_and_wait(&c, &name, &a, proxy.as_ref());
     if a.rm {
         if !matches!(ended, Ok(Ok(_))) {
             // Ended by a signal (an ssh disconnect, a kill) or an error: it may still run;
@@ -494,7 +502,12 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
 /// `Err(signal)` when a signal ended a terminal session (the terminal is restored, the
 /// container still runs). A container that has exited before we could attach (its shim no
 /// longer waits for us): its log and exit code.
-fn attach_and_wait(c: &Container, name: &str, a: &RunArgs) -> anyhow::Result<Result<i32, i32>> {
+fn attach_and_wait(
+    c: &Container,
+    name: &str,
+    a: &RunArgs,
+    proxy: Option<&berth_runtime::CaughtSignals>,
+) -> anyhow::Result<Result<i32, i32>> {
     let attached = if a.tty || a.interactive {
         match c.attach() {
             Ok(at) => Some(at),
@@ -518,10 +531,7 @@ fn attach_and_wait(c: &Container, name: &str, a: &RunArgs) -> anyhow::Result<Res
                     let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
                 });
             }
-            // No terminal: signals to berth go on to the container, as `docker run`'s
-            // sig-proxy does, and berth ends when the container does.
-            let proxy = berth_runtime::CaughtSignals::install(&PROXIED);
-            print_logs(c, true, false, proxy.as_ref().map(|p| (p, name)))?;
+            print_logs(c, true, false, proxy.map(|p| (p, name)))?;
         }
     }
     Ok(Ok(c.wait(None)?.code))
@@ -549,14 +559,25 @@ fn print_logs(
     let path = c.log_path();
     let mut pos = 0u64;
     let mut partial = String::new();
+    // While proxying, output that cannot be written (a hung-up terminal: EIO) is dropped
+    // and berth keeps following: the container's exit code still decides.
+    let mut output_gone = false;
+    let mut killed = false;
     loop {
-        // Before any output: after a hang-up, writing to the gone terminal fails.
         for sig in proxy.map(|(p, _)| p.pending()).unwrap_or_default() {
+            if killed {
+                break;
+            }
             match c.forward(sig) {
-                Ok(true) => eprintln!(
-                    "berth: {}: its PID 1 has no handler for {sig}, which the kernel drops; killed the container",
-                    proxy.map(|(_, n)| n).unwrap_or_default()
-                ),
+                Ok(true) => {
+                    killed = true;
+                    let name = proxy.map(|(_, n)| n).unwrap_or_default();
+                    // Not eprintln: after a hang-up stderr is gone too.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "berth: {name}: its PID 1 has no handler for {sig}, which the kernel drops; killed the container"
+                    );
+                }
                 Ok(false) => {}
                 Err(e) => tracing::debug!(%sig, error = %e, "not forwarded"),
             }
@@ -588,15 +609,25 @@ fn print_logs(
                 } else {
                     rec.log
                 };
-                if rec.stream == "stderr" {
-                    std::io::stderr().write_all(text.as_bytes())?;
+                if output_gone {
+                    continue;
+                }
+                let written = if rec.stream == "stderr" {
+                    std::io::stderr().write_all(text.as_bytes())
                 } else {
-                    std::io::stdout().write_all(text.as_bytes())?;
+                    std::io::stdout().write_all(text.as_bytes())
+                };
+                match written {
+                    Err(_) if proxy.is_some() => output_gone = true,
+                    other => other?,
                 }
             }
             partial.clear();
         }
-        std::io::stdout().flush()?;
+        match std::io::stdout().flush() {
+            Err(_) if proxy.is_some() => output_gone = true,
+            other => other?,
+        }
         if done {
             return Ok(());
         }

@@ -2006,60 +2006,119 @@ fn container_starts_with_default_signal_dispositions() {
 /// `container run` without a terminal passes SIGTERM/SIGINT/SIGHUP on to the container, as
 /// `docker run` does, and ends with the container's exit code; `--rm` still removes it. A
 /// PID 1 without a handler, whom the kernel would not deliver the signal to, is killed
-/// instead of leaving berth hanging (where `docker run` hangs).
+/// instead of leaving berth hanging (where `docker run` hangs). What berth's caller ignores
+/// (`nohup`) and what PID 1 ignores on purpose kill nothing.
 #[test]
 fn container_run_passes_signals_on_without_a_terminal() {
     crate::require_root!();
     let fx = setup("rt-sigproxy");
     let env = fx.env.as_ref().expect("env");
-    let run = |name: &str, script: &str, sig: i32| {
-        let mut child = env
-            .berth()
-            .args(["container", "run", "--rm", "--name", name, "--rootfs"])
+    // berth running `script` in container `name`, its SIGHUP ignored when `nohup`, once
+    // the container said "ready" and berth catches SIGTERM (so it is forwarding).
+    let start = |name: &str, script: &str, nohup: bool| {
+        let mut cmd = env.berth();
+        cmd.args(["container", "run", "--rm", "--name", name, "--rootfs"])
             .arg(&fx.rootfs)
             .args(["sh", "-c", script])
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Wait for "ready" in the log before signalling.
+            .stderr(std::process::Stdio::piped());
+        if nohup {
+            // SAFETY: signal(2) between fork and exec only changes the child.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         let log = env.root.join("containers").join(name).join("container.log");
+        let status = format!("/proc/{}/status", child.id());
         eventually(Duration::from_secs(10), || {
-            match std::fs::read_to_string(&log) {
-                Ok(l) if l.contains("ready") => Ok(()),
-                other => Err(format!("{other:?}")),
+            let ready = std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready"));
+            let st = std::fs::read_to_string(&status).unwrap_or_default();
+            let cgt = st
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0);
+            match ready && cgt & (1 << (libc::SIGTERM - 1)) != 0 {
+                true => Ok(()),
+                false => Err(format!("ready {ready}, SigCgt {cgt:x}")),
             }
         });
+        child
+    };
+    let signal = |child: &std::process::Child, sig: i32| {
         // SAFETY: kill(2) of our own child.
         unsafe { libc::kill(child.id() as i32, sig) };
+    };
+    let finish = |mut child: std::process::Child| {
         let started = Instant::now();
-        let out = loop {
-            if child.try_wait().unwrap().is_some() {
-                break child.wait_with_output().unwrap();
-            }
+        while child.try_wait().unwrap().is_none() {
             if started.elapsed() > Duration::from_secs(10) {
                 let _ = child.kill();
-                panic!("berth still runs 10 s after signal {sig}");
+                panic!("berth still runs 10 s after the signal");
             }
             std::thread::sleep(Duration::from_millis(20));
-        };
+        }
+        let out = child.wait_with_output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let handled = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done";
-    let (code, out, err) = run("bt-proxy1", handled, libc::SIGTERM);
+    let still_runs = |child: &mut std::process::Child| {
+        std::thread::sleep(Duration::from_millis(300));
+        child.try_wait().unwrap().is_none()
+    };
+
+    let loop_ = "while :; do sleep 0.1; done";
+    let b = start(
+        "bt-proxy1",
+        &format!("trap 'echo got-term; exit 7' TERM; echo ready; {loop_}"),
+        false,
+    );
+    signal(&b, libc::SIGTERM);
+    let (code, out, err) = finish(b);
     assert_eq!(code, Some(7), "{out}{err}");
     assert!(out.contains("got-term"), "{out}");
-    let hup = "trap 'echo got-hup; exit 9' HUP; echo ready; while :; do sleep 0.1; done";
-    let (code, out, err) = run("bt-proxy2", hup, libc::SIGHUP);
+
+    let b = start(
+        "bt-proxy2",
+        &format!("trap 'echo got-hup; exit 9' HUP; echo ready; {loop_}"),
+        false,
+    );
+    signal(&b, libc::SIGHUP);
+    let (code, out, err) = finish(b);
     assert_eq!(code, Some(9), "{out}{err}");
+
     // `exec sleep`: PID 1 is sleep, which has no SIGINT handler.
-    let (code, out, err) = run("bt-proxy3", "echo ready; exec sleep 60", libc::SIGINT);
+    let b = start("bt-proxy3", "echo ready; exec sleep 60", false);
+    signal(&b, libc::SIGINT);
+    let (code, out, err) = finish(b);
     assert_eq!(code, Some(137), "{out}{err}");
     assert!(err.contains("no handler for SIGINT"), "{err}");
+
+    // PID 1 ignores SIGHUP on purpose: passed on, nothing killed.
+    let mut b = start(
+        "bt-proxy4",
+        &format!("trap '' HUP; echo ready; {loop_}"),
+        false,
+    );
+    signal(&b, libc::SIGHUP);
+    assert!(still_runs(&mut b), "a PID 1 ignoring SIGHUP was killed");
+    signal(&b, libc::SIGTERM);
+    assert_eq!(finish(b).0, Some(137));
+
+    // berth under nohup: SIGHUP stays ignored, not passed on.
+    let mut b = start("bt-proxy5", "echo ready; exec sleep 60", true);
+    signal(&b, libc::SIGHUP);
+    assert!(still_runs(&mut b), "berth under nohup passed SIGHUP on");
+    signal(&b, libc::SIGTERM);
+    assert_eq!(finish(b).0, Some(137));
+
     let (_, ls, _) = env.run(&["container", "ls", "-a", "-q"]);
     assert!(ls.trim().is_empty(), "--rm left containers: {ls}");
     fx.finish();
