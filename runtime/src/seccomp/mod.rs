@@ -172,6 +172,50 @@ pub fn docker_default_oci(caps: CapSet) -> serde_json::Value {
     })
 }
 
+/// The allowlist for i386 programs (`int 0x80`), keyed by i386 number: the same names as on
+/// x86_64 where i386 has them, plus the 32-bit-only ones Docker lists (`chown32`, `mmap2`,
+/// `socketcall`, ...). Arguments are 32 bits wide there, so clone's flag test reads one word.
+pub(crate) fn allow_rules_i386(caps: CapSet) -> BTreeMap<i64, Vec<Vec<Cond>>> {
+    use docker_profile::*;
+    let i386: HashMap<&str, i64> = I386.iter().copied().collect();
+    let x86_64: HashMap<i64, &str> = ALLOW
+        .iter()
+        .chain(CAP_GATED.iter().flat_map(|(_, g)| g.iter()))
+        .chain([&SOCKET, &PERSONALITY, &CLONE, &CLONE3])
+        .map(|(n, nr)| (*nr, *n))
+        .collect();
+    let mut rules = BTreeMap::new();
+    for (nr, alts) in allow_rules(caps) {
+        let Some(nr32) = x86_64.get(&nr).and_then(|n| i386.get(n)) else {
+            continue; // not on i386 (e.g. `newfstatat`, `arch_prctl` is)
+        };
+        let alts = alts
+            .into_iter()
+            .map(|conds| {
+                conds
+                    .into_iter()
+                    .map(|c| Cond { qword: false, ..c })
+                    .collect()
+            })
+            .collect();
+        rules.insert(*nr32, alts);
+    }
+    let gated: Vec<&str> = I386_CAP_GATED
+        .iter()
+        .flat_map(|(_, g)| g.iter().copied())
+        .collect();
+    for name in NOT_ON_X86_64 {
+        let allowed = match I386_CAP_GATED.iter().find(|(_, g)| g.contains(name)) {
+            Some((cap, _)) => caps.contains(*cap),
+            None => !gated.contains(name),
+        };
+        if let (true, Some(nr)) = (allowed, i386.get(name)) {
+            rules.insert(*nr, Vec::new());
+        }
+    }
+    rules
+}
+
 /// Names of the unconditionally allowed syscalls for `caps` (used by the profile test).
 #[cfg(test)]
 fn allowed_names(caps: CapSet) -> std::collections::BTreeSet<&'static str> {
@@ -185,8 +229,13 @@ fn allowed_names(caps: CapSet) -> std::collections::BTreeSet<&'static str> {
     names
 }
 
-fn compile(caps: CapSet) -> Result<SeccompProgram, SeccompError> {
-    let mut outcomes: BTreeMap<u32, Outcome> = allow_rules(caps)
+/// Rules to outcomes: no alternatives is Allow; `clone3` without CAP_SYS_ADMIN is ENOSYS.
+fn outcomes(
+    rules: BTreeMap<i64, Vec<Vec<Cond>>>,
+    clone3: i64,
+    caps: CapSet,
+) -> BTreeMap<u32, Outcome> {
+    let mut out: BTreeMap<u32, Outcome> = rules
         .into_iter()
         .map(|(nr, alts)| {
             let o = if alts.is_empty() {
@@ -198,12 +247,17 @@ fn compile(caps: CapSet) -> Result<SeccompProgram, SeccompError> {
         })
         .collect();
     if !caps.contains(Capability::SysAdmin) {
-        outcomes.insert(
-            docker_profile::CLONE3.1 as u32,
-            Outcome::Errno(libc::ENOSYS as u32),
-        );
+        out.insert(clone3 as u32, Outcome::Errno(libc::ENOSYS as u32));
     }
-    let filter = tree::build(&outcomes, libc::EPERM as u32).ok_or(SeccompError::Build)?;
+    out
+}
+
+fn compile(caps: CapSet) -> Result<SeccompProgram, SeccompError> {
+    // clone3 is 435 on both.
+    let clone3 = docker_profile::CLONE3.1;
+    let x86_64 = outcomes(allow_rules(caps), clone3, caps);
+    let i386 = outcomes(allow_rules_i386(caps), clone3, caps);
+    let filter = tree::build(&x86_64, &i386, libc::EPERM as u32).ok_or(SeccompError::Build)?;
     Ok(SeccompProgram {
         filters: vec![filter],
     })
@@ -293,7 +347,7 @@ mod tests {
         let p = docker_default(CapSet::docker_default()).unwrap();
         assert_eq!(p.filters.len(), 1);
         assert!(
-            p.filters[0].len() < 400,
+            p.filters[0].len() < 600,
             "{} instructions",
             p.filters[0].len()
         );
@@ -301,10 +355,11 @@ mod tests {
     }
 
     /// The same rules through seccompiler (a linear filter, plus a one-rule ENOSYS filter for
-    /// clone3 since seccompiler has one match action per filter).
-    fn reference(caps: CapSet) -> Vec<BpfProgram> {
+    /// clone3 since seccompiler has one match action per filter). seccompiler knows no i386:
+    /// the i386 rules are built as an x86_64 filter, to be run with the x86_64 audit arch.
+    fn reference(caps: CapSet, rules: BTreeMap<i64, Vec<Vec<Cond>>>) -> Vec<BpfProgram> {
         use seccompiler::{SeccompAction, SeccompFilter, SeccompRule, TargetArch};
-        let rules: BTreeMap<i64, Vec<SeccompRule>> = allow_rules(caps)
+        let rules: BTreeMap<i64, Vec<SeccompRule>> = rules
             .into_iter()
             .map(|(nr, alts)| {
                 let alts = alts
@@ -379,20 +434,29 @@ mod tests {
         }
         for caps in [CapSet::docker_default(), sys_admin, CapSet::all()] {
             let ours = compile(caps).unwrap();
-            let theirs = reference(caps);
+            let theirs64 = reference(caps, allow_rules(caps));
+            let theirs32 = reference(caps, allow_rules_i386(caps));
             let mut checked = 0;
-            for arch in [X86_64, I386] {
+            // (audit arch, reference, socket/clone/personality numbers, i386 arguments).
+            for (arch, theirs, conditional, narrow) in [
+                (X86_64, &theirs64, [41u32, 56, 135], false),
+                (I386, &theirs32, [359u32, 120, 136], true),
+            ] {
                 let nrs = (0u32..=600)
                     .chain((0..=600).map(|n| n | 0x4000_0000))
                     .chain([u32::MAX, 0x8000_0000, 1000, 0x3fff_ffff]);
                 for nr in nrs {
-                    let conditional = [41u32, 56, 135].contains(&nr);
-                    let list: &[u64] = if conditional { &args } else { &[0, u64::MAX] };
+                    let list: &[u64] = if conditional.contains(&nr) {
+                        &args
+                    } else {
+                        &[0, u64::MAX]
+                    };
                     for &a in list {
-                        let d = data(arch, nr, a);
+                        // The kernel zero-extends the 32-bit arguments of i386 calls.
+                        let a = if narrow { a & 0xffff_ffff } else { a };
                         assert_eq!(
-                            verdict(&ours.filters, &d),
-                            verdict(&theirs, &d),
+                            verdict(&ours.filters, &data(arch, nr, a)),
+                            verdict(theirs, &data(X86_64, nr, a)),
                             "caps {:x} arch {arch:#x} nr {nr} arg0 {a:#x}",
                             caps.0
                         );
@@ -406,13 +470,33 @@ mod tests {
             assert_eq!(d(0, 0), tree::RET_ALLOW, "read");
             assert_eq!(d(41, 40), tree::RET_ERRNO | 1, "AF_VSOCK socket");
             assert_eq!(d(41, 2), tree::RET_ALLOW, "AF_INET socket");
+            let d32 = |nr, a| verdict(&ours.filters, &data(I386, nr, a));
+            assert_eq!(d32(4, 0), tree::RET_ALLOW, "i386 write");
+            assert_eq!(d32(102, 0), tree::RET_ALLOW, "i386 socketcall");
+            assert_eq!(d32(359, 40), tree::RET_ERRNO | 1, "i386 AF_VSOCK socket");
+            assert_eq!(d32(1000, 0), tree::RET_ERRNO | 1, "unknown i386 number");
+            const AARCH64: u32 = 0xc000_00b7;
             assert_eq!(
-                verdict(&ours.filters, &data(I386, 0, 0)),
-                tree::RET_KILL_PROCESS
+                verdict(&ours.filters, &data(AARCH64, 0, 0)),
+                tree::RET_KILL_PROCESS,
+                "another arch"
             );
             if caps.contains(Capability::SysAdmin) {
                 assert_eq!(d(435, 0), tree::RET_ALLOW, "clone3 with SYS_ADMIN");
+                assert_eq!(d32(310, 0), tree::RET_ALLOW, "i386 unshare with SYS_ADMIN");
             } else {
+                assert_eq!(d32(310, 0), tree::RET_ERRNO | 1, "i386 unshare");
+                assert_eq!(
+                    d32(435, 0),
+                    tree::RET_ERRNO | libc::ENOSYS as u32,
+                    "i386 clone3"
+                );
+                assert_eq!(
+                    d32(120, 0x1000_0000),
+                    tree::RET_ERRNO | 1,
+                    "i386 clone(CLONE_NEWUSER)"
+                );
+                assert_eq!(d32(120, 0x11), tree::RET_ALLOW, "i386 clone(SIGCHLD)");
                 assert_eq!(d(435, 0), tree::RET_ERRNO | libc::ENOSYS as u32, "clone3");
                 assert_eq!(
                     d(56, 0x1000_0000),
@@ -519,6 +603,84 @@ mod tests {
         }
     }
 
+    /// The i386 table against the installed kernel headers (linux-libc-dev): every number
+    /// matches, and every profile name the headers know is in the table. Names newer than
+    /// the headers must be unified numbers (424 and up, as on x86_64).
+    #[test]
+    fn i386_numbers_match_the_kernel_headers() {
+        use docker_profile::*;
+        let path = "/usr/include/x86_64-linux-gnu/asm/unistd_32.h";
+        let Ok(text) = std::fs::read_to_string(path) else {
+            eprintln!("SKIP: {path} not present");
+            return;
+        };
+        let header: HashMap<&str, i64> = text
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.strip_prefix("#define __NR_")?.split_whitespace();
+                Some((w.next()?, w.next()?.parse().ok()?))
+            })
+            .collect();
+        assert!(
+            header.len() > 400,
+            "{path} parsed to {} names",
+            header.len()
+        );
+        let x86_64: HashMap<&str, i64> = ALLOW
+            .iter()
+            .chain(CAP_GATED.iter().flat_map(|(_, g)| g.iter()))
+            .copied()
+            .collect();
+        let table: HashMap<&str, i64> = I386.iter().copied().collect();
+        for (name, nr) in I386 {
+            match header.get(name) {
+                Some(h) => assert_eq!(h, nr, "{name}"),
+                None => assert!(*nr >= 424 && x86_64.get(name) == Some(nr), "{name} {nr}"),
+            }
+        }
+        let names = x86_64
+            .keys()
+            .copied()
+            .chain(NOT_ON_X86_64.iter().copied())
+            .chain([SOCKET.0, PERSONALITY.0, CLONE.0, CLONE3.0]);
+        for name in names {
+            if header.contains_key(name) {
+                assert!(table.contains_key(name), "{name} missing from I386");
+            }
+        }
+    }
+
+    /// For i386, the names Docker's JSON allows unconditionally on an amd64 host, as far as
+    /// i386 has them, are exactly the ones allowed without conditions by i386 number.
+    #[test]
+    fn i386_allowlist_matches_moby_json() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/seccomp/docker-default.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("SKIP: {} not present", path.display());
+            return;
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let by_nr: HashMap<i64, &str> = docker_profile::I386
+            .iter()
+            .map(|(n, nr)| (*nr, *n))
+            .collect();
+        let i386: BTreeSet<&str> = by_nr.values().copied().collect();
+        for caps in [CapSet::docker_default(), CapSet::all(), CapSet::default()] {
+            let want: BTreeSet<String> = json_allowed(&json, caps)
+                .into_iter()
+                .filter(|n| i386.contains(n.as_str()))
+                .collect();
+            let got: BTreeSet<String> =
+                outcomes(allow_rules_i386(caps), docker_profile::CLONE3.1, caps)
+                    .into_iter()
+                    .filter(|(_, o)| *o == Outcome::Allow)
+                    .map(|(nr, _)| by_nr[&i64::from(nr)].to_string())
+                    .collect();
+            assert_eq!(got, want, "i386 allowlist differs for caps {:016x}", caps.0);
+        }
+    }
+
     /// The OCI export read back (names through the profile's tables, args back to conditions)
     /// gives the same verdict as the compiled filter for every number and the probed values.
     #[test]
@@ -577,7 +739,7 @@ mod tests {
                     assert!(outcomes.insert(nr, outcome).is_none(), "{name} twice");
                 }
             }
-            let back = tree::build(&outcomes, libc::EPERM as u32).unwrap();
+            let back = tree::build(&outcomes, &BTreeMap::new(), libc::EPERM as u32).unwrap();
             let ours = compile(caps).unwrap();
             // Below 2^32 only: there libseccomp's 64-bit comparisons and berth's 32-bit ones
             // agree (see `docker_default_oci`).

@@ -32,6 +32,7 @@ pub(crate) const RET_ALLOW: u32 = 0x7fff_0000;
 pub(crate) const RET_ERRNO: u32 = 0x0005_0000;
 pub(crate) const RET_KILL_PROCESS: u32 = 0x8000_0000;
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_I386: u32 = 0x4000_0003;
 /// `seccomp_data` offsets: nr, arch, then six 64-bit args (little endian).
 const OFF_NR: u32 = 0;
 const OFF_ARCH: u32 = 4;
@@ -86,10 +87,35 @@ fn jump(code: u16, k: u32, jt: usize, jf: usize) -> Option<sock_filter> {
     })
 }
 
-/// Builds the filter. `rules` maps numbers to outcomes; every other number (and every x32
-/// number, `nr | 0x40000000`) gets `ERRNO(default_errno)`; another audit arch is killed.
-/// `None` only if a subtree outgrows a `ja` (never for a profile of this size).
-pub(crate) fn build(rules: &BTreeMap<u32, Outcome>, default_errno: u32) -> Option<BpfProgram> {
+/// Builds the filter: `x86_64` and `i386` map each ABI's numbers to outcomes; every other
+/// number (and every x32 number, `nr | 0x40000000` under the x86_64 audit arch) gets
+/// `ERRNO(default_errno)`; another audit arch is killed. `None` only if a subtree outgrows a
+/// `ja` (never for a profile of this size).
+pub(crate) fn build(
+    x86_64: &BTreeMap<u32, Outcome>,
+    i386: &BTreeMap<u32, Outcome>,
+    default_errno: u32,
+) -> Option<BpfProgram> {
+    let tree64 = number_tree(x86_64, default_errno)?;
+    let tree32 = number_tree(i386, default_errno)?;
+    // 0 ld arch; 1 i386? -> 2 : 3; 2 ja i386 block; 3 x86_64? -> 5 : 4; 4 kill;
+    // 5 ld nr, x86_64 tree; then ld nr, i386 tree.
+    let mut prog = vec![
+        stmt(LD_W_ABS, OFF_ARCH),
+        jump(JEQ_K, AUDIT_ARCH_I386, 0, 1)?,
+        stmt(JA, u32::try_from(tree64.len() + 3).ok()?),
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0)?,
+        stmt(RET_K, RET_KILL_PROCESS),
+        stmt(LD_W_ABS, OFF_NR),
+    ];
+    prog.extend(tree64);
+    prog.push(stmt(LD_W_ABS, OFF_NR));
+    prog.extend(tree32);
+    Some(prog)
+}
+
+/// The binary search over one ABI's numbers (the accumulator holds the number on entry).
+fn number_tree(rules: &BTreeMap<u32, Outcome>, default_errno: u32) -> Option<Vec<sock_filter>> {
     let default = Outcome::Errno(default_errno);
     // Ranges [lo, next lo) with one outcome each, covering 0..=u32::MAX.
     let mut ranges: Vec<(u32, Outcome)> = Vec::new();
@@ -104,14 +130,7 @@ pub(crate) fn build(rules: &BTreeMap<u32, Outcome>, default_errno: u32) -> Optio
     if next <= u64::from(u32::MAX) {
         push_range(&mut ranges, next as u32, &default);
     }
-    let mut prog = vec![
-        stmt(LD_W_ABS, OFF_ARCH),
-        jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0)?,
-        stmt(RET_K, RET_KILL_PROCESS),
-        stmt(LD_W_ABS, OFF_NR),
-    ];
-    prog.extend(subtree(&ranges, default_errno)?);
-    Some(prog)
+    subtree(&ranges, default_errno)
 }
 
 fn push_range(ranges: &mut Vec<(u32, Outcome)>, lo: u32, outcome: &Outcome) {
