@@ -11,10 +11,12 @@
 //!
 //! `seccompiler` (pure Rust) is the reference compiler: the tests build the same rules with it
 //! and check that both programs give the same action for every syscall number and for
-//! argument values around each condition. Only x86_64 is built: Docker also allows the i386
-//! and x32 ABIs (through the same name list). Here an i386 syscall (`int 0x80`, audit arch
-//! I386) kills the process with SIGSYS (exit 159), and x32 numbers (`| 0x40000000`) get EPERM:
-//! stricter than Docker, never unfiltered (test `runtime::i386_syscalls_are_killed`).
+//! argument values around each condition. The filter has one tree per ABI, chosen by the
+//! audit arch: x86_64, and i386 (`int 0x80` from 32-bit programs) with the same names at
+//! their i386 numbers plus the 32-bit-only ones Docker lists, as Docker filters the x86 ABI
+//! on an amd64 host (test `runtime::i386_syscalls_are_filtered_like_docker`). x32 numbers
+//! (`| 0x40000000`) get EPERM (Docker lets them through by the same names; x32 is off in
+//! most distribution kernels), and any other audit arch is killed (SIGSYS).
 
 mod docker_profile;
 mod tree;
@@ -119,7 +121,9 @@ pub(crate) fn allow_rules(caps: CapSet) -> BTreeMap<i64, Vec<Vec<Cond>>> {
 /// The same profile as an OCI runtime-spec `linux.seccomp` object, for runc and crun (the
 /// start→exit bench gives them the same bundle as berth, and the differential test can).
 /// Alternatives become separate entries for the same name (libseccomp ORs them), a rule's
-/// conditions become one entry's `args` (ANDed). Only x86_64 is listed, as berth builds it.
+/// conditions become one entry's `args` (ANDed). x86_64 and x86 (i386) are listed, as berth
+/// filters both; libseccomp resolves each name per architecture (the 32-bit-only names are
+/// added for x86 alone).
 /// libseccomp compares all 64 bits of an argument, where berth's filter compares the low 32
 /// of the `int` arguments (socket's domain, personality's persona, as the kernel reads
 /// them): the two agree for every value below 2^32.
@@ -163,11 +167,20 @@ pub fn docker_default_oci(caps: CapSet) -> serde_json::Value {
             syscalls.push(json!({"names": [name], "action": "SCMP_ACT_ALLOW", "args": args}));
         }
     }
+    // The 32-bit-only names (`chown32`, `mmap2`, ...): libseccomp adds them for x86 alone.
+    let x86_64_names: std::collections::HashSet<&str> = names.values().copied().collect();
+    let i386 = allow_rules_i386(caps);
+    for (name, nr) in I386 {
+        let unconditional = i386.get(nr).is_some_and(|alts| alts.is_empty());
+        if unconditional && !x86_64_names.contains(name) {
+            allow.push(name);
+        }
+    }
     syscalls.insert(0, json!({"names": allow, "action": "SCMP_ACT_ALLOW"}));
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": libc::EPERM,
-        "architectures": ["SCMP_ARCH_X86_64"],
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"],
         "syscalls": syscalls,
     })
 }
@@ -701,7 +714,12 @@ mod tests {
             for rule in oci["syscalls"].as_array().unwrap() {
                 let names = rule["names"].as_array().unwrap();
                 for name in names {
-                    let nr = by_name[name.as_str().unwrap()] as u32;
+                    let Some(nr) = by_name.get(name.as_str().unwrap()) else {
+                        // 32-bit only (`chown32`, ...): no x86_64 number.
+                        assert!(I386.iter().any(|(n, _)| n == name), "{name}");
+                        continue;
+                    };
+                    let nr = *nr as u32;
                     let outcome = match (rule["action"].as_str().unwrap(), rule.get("args")) {
                         ("SCMP_ACT_ERRNO", _) => {
                             Outcome::Errno(rule["errnoRet"].as_u64().unwrap() as u32)
