@@ -430,7 +430,42 @@ impl Runtime {
                 errors.push(format!("shim {} did not exit; killed", rec.shim_pid));
             }
         }
-        if let Ok(cg) = &cg {
+        self.remove_parts(id, &state, cg.ok(), errors)
+    }
+
+    /// Removes an exited container from inside its own shim (`auto_remove`): what
+    /// [`Runtime::delete`] does after the shim is gone. Processes still in the cgroup (none
+    /// normally: they die with the pid namespace's init) are killed first.
+    pub(crate) fn remove_exited(&self, id: &str) -> Result<()> {
+        let cid = ContainerId::new(id).map_err(RuntimeError::Spec)?;
+        let state = StateDir::new(&self.state_root, cid.as_str());
+        let mut errors = Vec::new();
+        let cg = cgroups::open(cid.as_str())
+            .map_err(|e| errors.push(ErrorChain::from_error(&e).to_string()))
+            .ok();
+        if let Some(cg) = &cg {
+            if let Err(e) = cg.kill_all() {
+                errors.push(ErrorChain::from_error(&e).to_string());
+            }
+        }
+        self.remove_parts(id, &state, cg, errors)
+    }
+
+    /// The cgroup, mounts under the state dir, the container's own dirs (`owned_dirs`) and
+    /// the state dir; `errors` so far are reported with what fails here.
+    fn remove_parts(
+        &self,
+        id: &str,
+        state: &StateDir,
+        cg: Option<Box<dyn cgroups::CgroupManager>>,
+        mut errors: Vec<String>,
+    ) -> Result<()> {
+        let owned = StateDir::read_json::<ContainerSpec>(&state.spec())
+            .ok()
+            .flatten()
+            .map(|s| s.owned_dirs)
+            .unwrap_or_default();
+        if let Some(cg) = &cg {
             if let Err(e) = cg.remove() {
                 errors.push(ErrorChain::from_error(&e).to_string());
             }
@@ -451,10 +486,18 @@ impl Runtime {
                 }
             }
         }
-        match std::fs::remove_dir_all(state.dir()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => errors.push(format!("cannot remove {}: {e}", state.dir().display())),
+        // Never `/` or a top-level dir, whatever a spec says.
+        let dirs = owned
+            .iter()
+            .map(PathBuf::as_path)
+            .filter(|d| d.is_absolute() && d.components().count() > 2)
+            .chain([state.dir()]);
+        for dir in dirs {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("cannot remove {}: {e}", dir.display())),
+            }
         }
         debug!(errors = errors.len(), "container deleted");
         if errors.is_empty() {

@@ -82,7 +82,20 @@ pub(crate) fn main(args: &[String]) -> u8 {
             unsafe {
                 libc::malloc_trim(0);
             }
+            let auto_remove = running.auto_remove;
             supervise(&state, running);
+            if auto_remove {
+                // We are the shim `delete` would wait for: remove the rest ourselves.
+                let rt = crate::Runtime::new(Path::new(root));
+                if let Err(e) = rt.remove_exited(id) {
+                    eprintln!(
+                        "berth shim: auto-remove {id}: {}",
+                        ErrorChain::from_error(&e)
+                    );
+                    return 1;
+                }
+                debug!(id, "container removed after its exit");
+            }
             0
         }
         Err(chain) => {
@@ -104,6 +117,8 @@ struct Running {
     log: LogWriter,
     /// The attach socket (`crate::attach`), with a tty or `open_stdin`.
     attach: Option<crate::attach::Server>,
+    /// Remove the container once it has exited (`run -d --rm`).
+    auto_remove: bool,
 }
 
 fn chain_of(context: &str, e: &(dyn std::error::Error + 'static)) -> ErrorChain {
@@ -181,6 +196,7 @@ fn start(state: &StateDir) -> Result<Running, ErrorChain> {
                 stderr,
                 log,
                 attach,
+                auto_remove: spec.auto_remove,
             })
         }
         Err(e) => {

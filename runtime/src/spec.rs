@@ -262,6 +262,12 @@ pub struct ContainerSpec {
     /// Opaque to the runtime; the engine keeps compose labels here.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Directories of this container alone (its writable layer), removed with it.
+    #[serde(default)]
+    pub owned_dirs: Vec<PathBuf>,
+    /// The shim removes the container once it has exited (`docker run -d --rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 /// Errors found in a spec before anything runs.
@@ -368,6 +374,8 @@ impl ContainerSpec {
             oom_score_adj: None,
             log: LogConfig::default(),
             labels: BTreeMap::new(),
+            owned_dirs: Vec::new(),
+            auto_remove: false,
         }
     }
 

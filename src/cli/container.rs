@@ -355,9 +355,6 @@ fn random_name() -> String {
 }
 
 fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCode> {
-    if a.rm && a.detach {
-        bail!("--rm with --detach is not supported yet (no daemon watches detached containers)");
-    }
     if a.tty && a.interactive && !a.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         // As docker: raw mode and resizes need a terminal on our side.
         bail!("the input device is not a TTY");
@@ -417,6 +414,15 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
         bail!("no command specified");
     }
     let mut spec = ContainerSpec::new(id, rootfs, args);
+    // The writable layer goes with the container, whoever removes it.
+    spec.owned_dirs = labels
+        .get(RW_LABEL)
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    // Detached, the shim removes it once it exits (`docker run -d --rm`); in the foreground
+    // berth does, after taking the exit code.
+    spec.auto_remove = a.rm && a.detach;
     spec.env = env;
     spec.env.extend(expand_env(&a.env));
     spec.user = a.user.clone().or(user);

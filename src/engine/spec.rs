@@ -316,5 +316,7 @@ pub fn container_spec(
             max_files: Some(3),
         },
         labels,
+        owned_dirs: Vec::new(),
+        auto_remove: false,
     })
 }

@@ -2149,3 +2149,63 @@ fn container_run_passes_signals_on_without_a_terminal() {
     assert!(ls.trim().is_empty(), "--rm left containers: {ls}");
     fx.finish();
 }
+
+/// `container run -d --rm` (docker habit): berth returns at once and the shim removes the
+/// container when it exits: state dir, cgroup (leak checker) and, for an image, the
+/// writable layer. A container still running is listed until then.
+#[test]
+fn container_run_detached_rm_removes_itself_on_exit() {
+    crate::require_root!();
+    let fx = setup("rt-detrm");
+    let env = fx.env.as_ref().expect("env");
+    env.load_busybox();
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let a = env.ok(&[
+        "container",
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "bt-detrm1",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        "sleep 1",
+    ]);
+    assert_eq!(a.trim(), "bt-detrm1");
+    let b = env.ok(&[
+        "container",
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "bt-detrm2",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hi > /written; sleep 1",
+    ]);
+    assert_eq!(b.trim(), "bt-detrm2");
+    let ls = env.ok(&["container", "ls", "-q"]);
+    assert!(ls.contains("bt-detrm1") && ls.contains("bt-detrm2"), "{ls}");
+    let rw = env.root.join("container-rw").join("bt-detrm2");
+    assert!(
+        rw.join("upper/written").is_file(),
+        "the writable layer is in use"
+    );
+    eventually(Duration::from_secs(15), || {
+        match env.ok(&["container", "ls", "-a", "-q"]).trim() {
+            "" => Ok(()),
+            left => Err(format!("still listed: {left}")),
+        }
+    });
+    for id in ["bt-detrm1", "bt-detrm2"] {
+        assert!(
+            !env.root.join("containers").join(id).exists(),
+            "{id} state dir left"
+        );
+    }
+    assert!(!rw.exists(), "writable layer left: {}", rw.display());
+    fx.finish();
+}
