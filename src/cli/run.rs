@@ -76,12 +76,6 @@ pub struct RunArgs {
 }
 
 pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
-    if args.detach && args.rm {
-        // Removing a detached one-off when it exits would need the supervisor to do it.
-        anyhow::bail!(
-            "run -d --rm is not supported yet: use run -d, then rm -s -f SERVICE or down"
-        );
-    }
     let mut project = super::compose::load(g, std::slice::from_ref(&args.service))?;
     let key = project
         .services
@@ -158,7 +152,14 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
     // What the one-off needs, made as `up` makes it (networks, volumes, supervisor, and
     // the dependencies unless --no-deps), then the one-off itself.
     let plan = engine
-        .plan_run(&project, &args.service, &name, args.no_deps, !args.detach)
+        .plan_run(
+            &project,
+            &args.service,
+            &name,
+            args.no_deps,
+            !args.detach,
+            args.detach && args.rm,
+        )
         .await?;
     // Progress only when dependencies are brought up: the networks, the image check and
     // the one-off itself are no news (compose prints nothing for them either).

@@ -288,6 +288,7 @@ impl Engine {
         name: &str,
         no_deps: bool,
         attach: bool,
+        auto_remove: bool,
     ) -> Result<Plan, EngineError> {
         let svc = project
             .services
@@ -323,6 +324,7 @@ impl Engine {
             &desired_of(svc, &all),
             name,
             attach,
+            auto_remove,
             &deps,
             &observed,
         )
@@ -966,8 +968,17 @@ impl Run {
                 service,
                 name,
                 attach,
+                auto_remove,
             } => {
                 self.create(service, 1, name, true, *attach).await?;
+                if *auto_remove {
+                    // Before the start: the supervisor may see it exit at once.
+                    let mut r = self.record.lock().await;
+                    for c in r.containers.iter_mut().filter(|c| c.id == *name) {
+                        c.auto_remove = true;
+                    }
+                    self.save(&r).await?;
+                }
                 self.start(name).await
             }
         }
@@ -1726,6 +1737,7 @@ impl Run {
                 stopped: false,
                 health: super::health::resolve(&svc, &image),
                 oneoff,
+                auto_remove: false,
             });
             self.save(&r).await?;
         }

@@ -69,6 +69,8 @@ pub async fn monitor(root: Root, project: String) {
     // The default helper: the small `berth-shim` beside this binary (else this binary).
     let runtime = berth_runtime::Runtime::new(root.containers_dir());
     let mut tracks: HashMap<String, Track> = HashMap::new();
+    // For `run -d --rm` one-offs, opened on first use.
+    let mut engine: Option<super::Engine> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let Ok(Some(record)) = state::read_json::<ProjectRecord>(&root.project_state(&project))
@@ -76,6 +78,10 @@ pub async fn monitor(root: Root, project: String) {
             continue;
         };
         for c in &record.containers {
+            if c.auto_remove {
+                remove_if_exited(&runtime, &mut engine, &root, &project, &c.id).await;
+                continue;
+            }
             let policy = Policy::parse(&c.restart);
             if policy == Policy::No || c.stopped {
                 continue;
@@ -147,6 +153,42 @@ pub async fn monitor(root: Root, project: String) {
         }
         tracks.retain(|id, _| record.containers.iter().any(|c| &c.id == id));
         debug!(tracked = tracks.len(), "restart monitor pass");
+    }
+}
+
+/// A `run -d --rm` one-off that has exited is removed (as `rm` would, DNS name included).
+async fn remove_if_exited(
+    runtime: &berth_runtime::Runtime,
+    engine: &mut Option<super::Engine>,
+    root: &Root,
+    project: &str,
+    id: &str,
+) {
+    let (rt, id2) = (runtime.clone(), id.to_string());
+    let status = tokio::task::spawn_blocking(move || rt.get(&id2).and_then(|h| h.status())).await;
+    if !matches!(
+        status,
+        Ok(Ok(
+            berth_runtime::Status::Exited(_) | berth_runtime::Status::Dead
+        ))
+    ) {
+        return;
+    }
+    if engine.is_none() {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+        match super::Engine::open(root.path(), exe) {
+            Ok(e) => *engine = Some(e),
+            Err(e) => {
+                warn!(container = id, error = %e, "cannot open the engine to remove a one-off");
+                return;
+            }
+        }
+    }
+    if let Some(e) = engine {
+        match e.remove_exited_oneoff(project, id).await {
+            Ok(()) => info!(container = id, "one-off removed after its exit (run --rm)"),
+            Err(err) => warn!(container = id, error = %err, "cannot remove the exited one-off"),
+        }
     }
 }
 

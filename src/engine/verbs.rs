@@ -440,6 +440,28 @@ impl Engine {
         Ok(removed)
     }
 
+    /// A `run -d --rm` one-off that has exited (the supervisor calls this): removed as `rm`
+    /// removes it, forgotten in the record, its DNS name dropped.
+    pub async fn remove_exited_oneoff(&self, project: &str, id: &str) -> Result<(), EngineError> {
+        let path = self.root.project_state(project);
+        let rec = state::read_json::<ProjectRecord>(&path)
+            .map_err(failed("reading the project record"))?
+            .unwrap_or_default()
+            .containers
+            .into_iter()
+            .find(|c| c.id == id);
+        self.remove_container(project, id.to_string(), rec, Duration::ZERO, None)
+            .await?;
+        if let Ok(Some(mut r)) = state::read_json::<ProjectRecord>(&path) {
+            r.containers.retain(|c| c.id != id);
+            state::write_json(&path, &r).map_err(failed("writing the project record"))?;
+        }
+        supervisor::request(&self.root, project, &super::protocol::Request::Reload)
+            .await
+            .map_err(failed("asking the supervisor to drop its DNS name"))?;
+        Ok(())
+    }
+
     /// `top`: the processes of each running container of `services`.
     pub async fn top(
         &self,

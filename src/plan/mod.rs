@@ -110,11 +110,13 @@ pub enum Op {
         condition: Condition,
     },
     /// Create and start `run`'s one-off container `name` of `service`; with `attach`, a
-    /// client attaches right after the start (a foreground `run`).
+    /// client attaches right after the start (a foreground `run`); with `auto_remove`, the
+    /// supervisor removes it once it has exited (`run -d --rm`).
     RunOneoff {
         service: String,
         name: String,
         attach: bool,
+        auto_remove: bool,
     },
 }
 
@@ -380,6 +382,7 @@ pub fn plan_run(
     target: &Desired,
     name: &str,
     attach: bool,
+    auto_remove: bool,
     deps: &[Desired],
     observed: &[Observed],
 ) -> Result<Plan, GraphError> {
@@ -422,6 +425,7 @@ pub fn plan_run(
             service: target.service.clone(),
             name: name.to_string(),
             attach,
+            auto_remove,
         },
         gate,
     );
@@ -621,7 +625,16 @@ mod tests {
 
     #[test]
     fn run_on_a_fresh_project_ensures_networks_even_without_deps() {
-        let p = plan_run("p", &svc("tool", "h", &[]), "p-tool-run-1", true, &[], &[]).unwrap();
+        let p = plan_run(
+            "p",
+            &svc("tool", "h", &[]),
+            "p-tool-run-1",
+            true,
+            false,
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             ops(&p),
             vec![
@@ -638,7 +651,7 @@ mod tests {
     fn run_starts_deps_then_waits_for_their_conditions() {
         let tool = svc("tool", "h", &[("db", Condition::Healthy)]);
         let deps = vec![svc("db", "h2", &[])];
-        let p = plan_run("p", &tool, "p-tool-run-1", false, &deps, &[]).unwrap();
+        let p = plan_run("p", &tool, "p-tool-run-1", false, false, &deps, &[]).unwrap();
         let names = ops(&p);
         assert_eq!(
             names,
@@ -656,7 +669,7 @@ mod tests {
         assert!(p.steps[5].after.contains(&3), "{p}");
         assert!(p.steps[6].after.contains(&5), "{p}");
         // --no-deps: no dependency, no wait, the networks still.
-        let p = plan_run("p", &tool, "p-tool-run-1", false, &[], &[]).unwrap();
+        let p = plan_run("p", &tool, "p-tool-run-1", false, false, &[], &[]).unwrap();
         assert_eq!(ops(&p)[0], "ensure networks");
         assert!(!ops(&p).iter().any(|x| x.starts_with("wait")), "{p}");
     }

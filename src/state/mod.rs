@@ -258,6 +258,9 @@ pub struct ContainerRecord {
     /// A `run` one-off, not one of the service's replicas.
     #[serde(default)]
     pub oneoff: bool,
+    /// A `run -d --rm` one-off: the supervisor removes it once it has exited.
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 /// One network attachment of a container, with the names DNS answers for it.

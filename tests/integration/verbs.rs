@@ -910,3 +910,49 @@ fn run_detached_does_not_wait_for_an_attach_client() {
     env.compose_ok(&dir, &["down", "-t", "0"]);
     env.finish();
 }
+
+/// `run -d --rm` (compose habit): berth returns the one-off's name at once; once the one-off
+/// exits, the supervisor removes it as `rm` would: gone from `ps -a`, its DNS name no
+/// longer answers, and its container, netns pin and writable layer are gone (`down` then
+/// has nothing of it left; the leak checker looks).
+#[test]
+fn run_detached_rm_is_removed_when_it_exits() {
+    require_root!();
+    let env = TestEnv::new("verbs-run-detached-rm");
+    let _ns = support::enter_fresh_netns();
+    env.load_busybox();
+    let dir = env.project_dir(
+        "rundrm",
+        "services:\n  app:\n    image: busybox\n    command: [sleep, '3600']\n",
+    );
+    env.compose_ok(&dir, &["up", "-d"]);
+    let name = env.compose_ok(&dir, &["run", "-d", "--rm", "app", "sh", "-c", "sleep 1"]);
+    let name = name.trim().to_string();
+    assert!(name.contains("-app-run-"), "{name}");
+    // Running now, and resolvable from the service's container.
+    let rows = ps_rows(&env, &dir);
+    assert!(rows.iter().any(|r| r["name"] == name.as_str()), "{rows:?}");
+    let lookup = |n: &str| env.compose(&dir, &["exec", "-T", "app", "nslookup", n]).0;
+    assert_eq!(lookup(&name), 0, "the one-off resolves while it runs");
+    eventually(Duration::from_secs(15), || {
+        let rows = ps_rows(&env, &dir);
+        match rows.iter().find(|r| r["name"] == name.as_str()) {
+            None => Ok(()),
+            Some(r) => Err(format!("still listed: {r}")),
+        }
+    });
+    assert!(
+        !env.root.join("containers").join(&name).exists(),
+        "state dir left"
+    );
+    assert_ne!(lookup(&name), 0, "its DNS name was dropped");
+    // The service's own container is untouched.
+    let rows = ps_rows(&env, &dir);
+    assert!(
+        rows.iter()
+            .any(|r| r["service"] == "app" && r["state"] == "running"),
+        "{rows:?}"
+    );
+    env.compose_ok(&dir, &["down", "-t", "0"]);
+    env.finish();
+}
