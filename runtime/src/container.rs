@@ -77,6 +77,8 @@ pub enum RuntimeError {
     Timeout { id: String },
     #[error("container {id}: its shim died without recording an exit status")]
     ShimGone { id: String },
+    #[error("container {id} was removed when it exited (--rm)")]
+    Removed { id: String },
     #[error("container {id}: delete left errors: {}", errors.join("; "))]
     Delete { id: String, errors: Vec<String> },
 }
@@ -430,7 +432,7 @@ impl Runtime {
                 errors.push(format!("shim {} did not exit; killed", rec.shim_pid));
             }
         }
-        self.remove_parts(id, &state, cg.ok(), errors)
+        self.remove_parts(id, &state, cg.ok(), errors, false)
     }
 
     /// Removes an exited container from inside its own shim (`auto_remove`): what
@@ -448,17 +450,21 @@ impl Runtime {
                 errors.push(ErrorChain::from_error(&e).to_string());
             }
         }
-        self.remove_parts(id, &state, cg, errors)
+        // On an error the state dir stays (with shim.log): the container shows as exited and
+        // `rm` can try again, instead of leaving parts no one can find.
+        self.remove_parts(id, &state, cg, errors, true)
     }
 
     /// The cgroup, mounts under the state dir, the container's own dirs (`owned_dirs`) and
-    /// the state dir; `errors` so far are reported with what fails here.
+    /// the state dir (kept after an error with `keep_state_on_error`); `errors` so far are
+    /// reported with what fails here.
     fn remove_parts(
         &self,
         id: &str,
         state: &StateDir,
         cg: Option<Box<dyn cgroups::CgroupManager>>,
         mut errors: Vec<String>,
+        keep_state_on_error: bool,
     ) -> Result<()> {
         let owned = StateDir::read_json::<ContainerSpec>(&state.spec())
             .ok()
@@ -486,17 +492,18 @@ impl Runtime {
                 }
             }
         }
-        // Never `/` or a top-level dir, whatever a spec says.
-        let dirs = owned
-            .iter()
-            .map(PathBuf::as_path)
-            .filter(|d| d.is_absolute() && d.components().count() > 2)
-            .chain([state.dir()]);
-        for dir in dirs {
+        for dir in owned.iter().filter(|d| removable(d)) {
             match std::fs::remove_dir_all(dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => errors.push(format!("cannot remove {}: {e}", dir.display())),
+            }
+        }
+        if errors.is_empty() || !keep_state_on_error {
+            match std::fs::remove_dir_all(state.dir()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(format!("cannot remove {}: {e}", state.dir().display())),
             }
         }
         debug!(errors = errors.len(), "container deleted");
@@ -509,6 +516,16 @@ impl Runtime {
             })
         }
     }
+}
+
+/// An `owned_dirs` entry delete may remove: absolute, plain names only (no `..`),
+/// and never `/` or a top-level dir, whatever a spec says.
+fn removable(dir: &Path) -> bool {
+    use std::path::Component;
+    let mut parts = dir.components();
+    parts.next() == Some(Component::RootDir)
+        && parts.clone().count() >= 2
+        && parts.all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// Waits until `pid` exits (any process, via pidfd), up to `timeout`. True if it did.
@@ -734,8 +751,13 @@ impl Container {
         cg.stats().map_err(self.cg_err())
     }
 
-    /// Waits for PID 1 to exit and its shim to record it; `None` waits forever.
+    /// Waits for PID 1 to exit and its shim to record it; `None` waits forever. A container
+    /// that removes itself (`auto_remove`) is held until its exit record is read, or, when
+    /// it was already gone, [`RuntimeError::Removed`].
     pub fn wait(&self, timeout: Option<Duration>) -> Result<ExitRecord> {
+        if self.spec.auto_remove {
+            return self.wait_removing(timeout);
+        }
         if let Some(e) = self.exit_record()? {
             return Ok(e);
         }
@@ -753,6 +775,56 @@ impl Container {
         self.exit_record()?.ok_or_else(|| RuntimeError::ShimGone {
             id: self.spec.id.to_string(),
         })
+    }
+
+    /// [`Container::wait`] for an `auto_remove` container: under a shared flock on
+    /// `wait.lock` (the shim removes only under an exclusive one), wait for PID 1 to exit,
+    /// then for the shim to write `exit.json`.
+    fn wait_removing(&self, timeout: Option<Duration>) -> Result<ExitRecord> {
+        let id = self.spec.id.to_string();
+        let removed = || RuntimeError::Removed { id: id.clone() };
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.state.wait_lock())
+            .map_err(|_| removed())?;
+        nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockShared)
+            .map_err(|_| removed())
+            .and_then(|_held| {
+                // The dir may have gone while we waited for the lock.
+                if !self.state.spec().exists() {
+                    return Err(removed());
+                }
+                let deadline =
+                    Instant::now() + timeout.unwrap_or(Duration::from_secs(u32::MAX as u64));
+                if let Some(r) = &self.running {
+                    if pid_alive(r.pid, r.pid_start)
+                        && !wait_pid_exit(r.pid, deadline.saturating_duration_since(Instant::now()))
+                    {
+                        return Err(RuntimeError::Timeout { id: id.clone() });
+                    }
+                } else if self.exit_record()?.is_none() {
+                    return Err(self.not_running());
+                }
+                loop {
+                    if let Some(e) = self.exit_record()? {
+                        return Ok(e);
+                    }
+                    let shim_alive = self
+                        .running
+                        .as_ref()
+                        .is_some_and(|r| pid_alive(r.shim_pid, r.shim_start));
+                    if !shim_alive {
+                        return Err(RuntimeError::ShimGone { id: id.clone() });
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(RuntimeError::Timeout { id: id.clone() });
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
     }
 
     /// Runs a process inside the running container and captures its output (with
@@ -877,6 +949,15 @@ fn status_has(status: &str, key: &str, sig: Signal) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_deep_owned_dirs_are_removable() {
+        assert!(removable(Path::new("/var/lib/berth/container-rw/x")));
+        assert!(removable(Path::new("/a/b")));
+        for bad in ["/", "/var", "relative/dir/x", "/a/b/../..", "/a/../b/c"] {
+            assert!(!removable(Path::new(bad)), "{bad}");
+        }
+    }
 
     #[test]
     fn reads_caught_and_blocked_masks() {

@@ -72,6 +72,11 @@ impl StateDir {
     pub fn shim_log(&self) -> PathBuf {
         self.dir.join("shim.log")
     }
+    /// With `auto_remove`: waiters hold a shared flock on it while they read `exit.json`,
+    /// the shim takes it exclusively before removing the container.
+    pub fn wait_lock(&self) -> PathBuf {
+        self.dir.join("wait.lock")
+    }
 
     pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
         match std::fs::read(path) {

@@ -213,9 +213,11 @@ fn run_blocking(root: Root, cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
         ContainerCommand::Run(a) => run_container(&root, &rt, *a),
         ContainerCommand::Ls(a) => ls(&rt, a),
         ContainerCommand::Stop(a) => each(&rt, &a.containers, |c| {
-            c.stop(Duration::from_secs(a.time))
-                .map(|_| ())
-                .map_err(Into::into)
+            match c.stop(Duration::from_secs(a.time)) {
+                // `-d --rm`: stopped, and removed by its shim right away.
+                Ok(_) | Err(berth_runtime::RuntimeError::Removed { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
         }),
         ContainerCommand::Kill(a) => {
             let sig = berth_runtime::spec::parse_signal(&a.signal)
@@ -398,8 +400,19 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
             user = cfg.user.clone().filter(|u| !u.is_empty());
             workdir = cfg.working_dir.clone().filter(|w| !w.is_empty());
             let rw = root.path().join("container-rw").join(&name);
+            let parent = rw.parent().unwrap_or(root.path());
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+            // A new dir only: never another container's layer, nor one left behind.
+            match std::fs::create_dir(&rw) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                    "container {name} already exists (or its writable layer {} was left behind)",
+                    rw.display()
+                ),
+                other => other.with_context(|| format!("creating {}", rw.display()))?,
+            }
             for d in ["upper", "work"] {
-                std::fs::create_dir_all(rw.join(d))
+                std::fs::create_dir(rw.join(d))
                     .with_context(|| format!("creating {}", rw.display()))?;
             }
             labels.insert(RW_LABEL.to_string(), rw.to_string_lossy().into_owned());
@@ -563,8 +576,9 @@ fn print_logs(
 ) -> anyhow::Result<()> {
     use std::io::{BufRead, Seek};
     let path = c.log_path();
+    use std::os::unix::fs::MetadataExt;
     let mut pos = 0u64;
-    let mut partial = String::new();
+    let mut file: Option<(u64, std::fs::File)> = None;
     // While proxying, output that cannot be written (a hung-up terminal: EIO) is dropped
     // and berth keeps following: the container's exit code still decides.
     let mut output_gone = false;
@@ -589,24 +603,27 @@ fn print_logs(
             }
         }
         let done = !follow || matches!(c.status()?, Status::Exited(_) | Status::Dead);
-        if let Ok(mut f) = std::fs::File::open(&path) {
-            if f.metadata()?.len() < pos {
-                pos = 0; // rotated
+        // The file stays open between rounds: the lines of a container that removes itself
+        // (`-d --rm`) are still read to the end. Once read through, a new file at the path
+        // (rotation) is followed from its start.
+        loop {
+            if file.is_none() {
+                pos = 0;
+                file = std::fs::File::open(&path)
+                    .ok()
+                    .and_then(|f| Some((f.metadata().ok()?.ino(), f)));
             }
-            f.seek(std::io::SeekFrom::Start(pos))?;
+            let Some((ino, f)) = &file else { break };
+            let ino = *ino;
             let mut r = std::io::BufReader::new(f);
+            r.seek(std::io::SeekFrom::Start(pos))?;
             loop {
                 let mut line = String::new();
                 let n = r.read_line(&mut line)?;
-                if n == 0 {
-                    break;
-                }
-                if !line.ends_with('\n') {
-                    partial = line;
-                    break;
+                if n == 0 || !line.ends_with('\n') {
+                    break; // a partial line is read again, whole, next round
                 }
                 pos += n as u64;
-                let line = std::mem::take(&mut partial) + &line;
                 let Ok(rec) = serde_json::from_str::<berth_runtime::log::LogLine>(&line) else {
                     continue;
                 };
@@ -628,7 +645,10 @@ fn print_logs(
                     other => other?,
                 }
             }
-            partial.clear();
+            match std::fs::metadata(&path) {
+                Ok(m) if m.ino() != ino || m.len() < pos => file = None,
+                _ => break, // the same file, or removed with its container
+            }
         }
         match std::io::stdout().flush() {
             Err(_) if proxy.is_some() => output_gone = true,
@@ -640,7 +660,9 @@ fn print_logs(
         // Poll the log every 50 ms, but wake at once when the container exits (the wait
         // is a pidfd poll), so a short-lived container costs no extra tick.
         match c.wait(Some(Duration::from_millis(50))) {
-            Ok(_) | Err(berth_runtime::RuntimeError::Timeout { .. }) => {}
+            Ok(_)
+            | Err(berth_runtime::RuntimeError::Timeout { .. })
+            | Err(berth_runtime::RuntimeError::Removed { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }

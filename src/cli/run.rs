@@ -181,7 +181,15 @@ pub async fn run(g: &GlobalOpts, args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("running service {}", args.service));
     let _ = printer.await;
     if args.detach {
-        started?;
+        if let Err(e) = started {
+            if args.rm {
+                // Never started, so the supervisor won't see it exit: remove it here.
+                let _ = engine
+                    .remove_one(project.clone(), &name, Duration::from_secs(10))
+                    .await;
+            }
+            return Err(e);
+        }
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }

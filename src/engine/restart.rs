@@ -69,8 +69,10 @@ pub async fn monitor(root: Root, project: String) {
     // The default helper: the small `berth-shim` beside this binary (else this binary).
     let runtime = berth_runtime::Runtime::new(root.containers_dir());
     let mut tracks: HashMap<String, Track> = HashMap::new();
-    // For `run -d --rm` one-offs, opened on first use.
+    // For `run -d --rm` one-offs: the engine, opened on first use, and when a failed
+    // removal is tried again (the delay doubles from 1 s to a minute).
     let mut engine: Option<super::Engine> = None;
+    let mut retry: HashMap<String, (Duration, Instant)> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let Ok(Some(record)) = state::read_json::<ProjectRecord>(&root.project_state(&project))
@@ -79,7 +81,20 @@ pub async fn monitor(root: Root, project: String) {
         };
         for c in &record.containers {
             if c.auto_remove {
-                remove_if_exited(&runtime, &mut engine, &root, &project, &c.id).await;
+                // Marked stopped: `rm` or `down` is removing it already.
+                if !c.stopped && retry.get(&c.id).is_none_or(|(_, at)| Instant::now() >= *at) {
+                    match remove_if_exited(&runtime, &mut engine, &root, &project, &c.id).await {
+                        Ok(()) => {
+                            retry.remove(&c.id);
+                        }
+                        Err(()) => {
+                            let delay = retry
+                                .get(&c.id)
+                                .map_or(Duration::from_secs(1), |(d, _)| (*d * 2).min(MAX_DELAY));
+                            retry.insert(c.id.clone(), (delay, Instant::now() + delay));
+                        }
+                    }
+                }
                 continue;
             }
             let policy = Policy::parse(&c.restart);
@@ -156,23 +171,26 @@ pub async fn monitor(root: Root, project: String) {
     }
 }
 
-/// A `run -d --rm` one-off that has exited is removed (as `rm` would, DNS name included).
+/// A `run -d --rm` one-off that has exited is removed (as `rm` would, DNS name included);
+/// an entry whose container is already gone (written back by a command that had read the
+/// record before) is dropped. `Err` when the removal failed (retried later).
 async fn remove_if_exited(
     runtime: &berth_runtime::Runtime,
     engine: &mut Option<super::Engine>,
     root: &Root,
     project: &str,
     id: &str,
-) {
+) -> Result<(), ()> {
     let (rt, id2) = (runtime.clone(), id.to_string());
     let status = tokio::task::spawn_blocking(move || rt.get(&id2).and_then(|h| h.status())).await;
-    if !matches!(
+    let done = matches!(
         status,
         Ok(Ok(
             berth_runtime::Status::Exited(_) | berth_runtime::Status::Dead
-        ))
-    ) {
-        return;
+        )) | Ok(Err(berth_runtime::RuntimeError::NotFound { .. }))
+    );
+    if !done {
+        return Ok(());
     }
     if engine.is_none() {
         let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
@@ -180,14 +198,19 @@ async fn remove_if_exited(
             Ok(e) => *engine = Some(e),
             Err(e) => {
                 warn!(container = id, error = %e, "cannot open the engine to remove a one-off");
-                return;
+                return Err(());
             }
         }
     }
-    if let Some(e) = engine {
-        match e.remove_exited_oneoff(project, id).await {
-            Ok(()) => info!(container = id, "one-off removed after its exit (run --rm)"),
-            Err(err) => warn!(container = id, error = %err, "cannot remove the exited one-off"),
+    let Some(e) = engine else { return Err(()) };
+    match e.remove_exited_oneoff(project, id).await {
+        Ok(()) => {
+            info!(container = id, "one-off removed after its exit (run --rm)");
+            Ok(())
+        }
+        Err(err) => {
+            warn!(container = id, error = %err, "cannot remove the exited one-off");
+            Err(())
         }
     }
 }

@@ -456,10 +456,17 @@ impl Engine {
             r.containers.retain(|c| c.id != id);
             state::write_json(&path, &r).map_err(failed("writing the project record"))?;
         }
-        supervisor::request(&self.root, project, &super::protocol::Request::Reload)
-            .await
-            .map_err(failed("asking the supervisor to drop its DNS name"))?;
-        Ok(())
+        // Called from inside the supervisor too: bounded, so one stuck client of its socket
+        // can't hold this up for good.
+        let reload = supervisor::request(&self.root, project, &super::protocol::Request::Reload);
+        match tokio::time::timeout(Duration::from_secs(5), reload).await {
+            Ok(r) => r
+                .map(|_| ())
+                .map_err(failed("asking the supervisor to drop its DNS name")),
+            Err(_) => Err(EngineError::Invalid(
+                "the supervisor did not answer a DNS reload within 5 s".into(),
+            )),
+        }
     }
 
     /// `top`: the processes of each running container of `services`.

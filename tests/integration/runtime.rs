@@ -2160,40 +2160,47 @@ fn container_run_detached_rm_removes_itself_on_exit() {
     let env = fx.env.as_ref().expect("env");
     env.load_busybox();
     let rootfs = fx.rootfs.to_string_lossy().into_owned();
-    let a = env.ok(&[
-        "container",
-        "run",
-        "-d",
-        "--rm",
+    let run = |args: &[&str]| {
+        let mut all = vec!["container", "run", "-d", "--rm"];
+        all.extend_from_slice(args);
+        env.ok(&all)
+    };
+    let a = run(&[
         "--name",
         "bt-detrm1",
         "--rootfs",
         &rootfs,
         "sh",
         "-c",
-        "sleep 1",
+        "sleep 3",
     ]);
     assert_eq!(a.trim(), "bt-detrm1");
-    let b = env.ok(&[
-        "container",
-        "run",
-        "-d",
-        "--rm",
+    let b = run(&[
         "--name",
         "bt-detrm2",
         "busybox",
         "sh",
         "-c",
-        "echo hi > /written; sleep 1",
+        "echo hi > /written; sleep 3",
     ]);
     assert_eq!(b.trim(), "bt-detrm2");
     let ls = env.ok(&["container", "ls", "-q"]);
     assert!(ls.contains("bt-detrm1") && ls.contains("bt-detrm2"), "{ls}");
     let rw = env.root.join("container-rw").join("bt-detrm2");
-    assert!(
-        rw.join("upper/written").is_file(),
-        "the writable layer is in use"
-    );
+    eventually(Duration::from_secs(3), || {
+        match rw.join("upper/written").is_file() {
+            true => Ok(()),
+            false => Err("the writable layer is not in use".to_string()),
+        }
+    });
+    // `container stop` on such a container still succeeds (it waits for the exit record
+    // before the shim removes it).
+    let (code, out, err) = env.run(&["container", "stop", "-t", "1", "bt-detrm1"]);
+    assert_eq!(code, 0, "stop: {out}{err}");
+    let gone = |p: PathBuf| match p.exists() {
+        false => Ok(()),
+        true => Err(format!("{} left", p.display())),
+    };
     eventually(Duration::from_secs(15), || {
         match env.ok(&["container", "ls", "-a", "-q"]).trim() {
             "" => Ok(()),
@@ -2201,11 +2208,10 @@ fn container_run_detached_rm_removes_itself_on_exit() {
         }
     });
     for id in ["bt-detrm1", "bt-detrm2"] {
-        assert!(
-            !env.root.join("containers").join(id).exists(),
-            "{id} state dir left"
-        );
+        eventually(Duration::from_secs(5), || {
+            gone(env.root.join("containers").join(id))
+        });
     }
-    assert!(!rw.exists(), "writable layer left: {}", rw.display());
+    eventually(Duration::from_secs(5), || gone(rw.clone()));
     fx.finish();
 }

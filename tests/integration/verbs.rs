@@ -926,7 +926,7 @@ fn run_detached_rm_is_removed_when_it_exits() {
         "services:\n  app:\n    image: busybox\n    command: [sleep, '3600']\n",
     );
     env.compose_ok(&dir, &["up", "-d"]);
-    let name = env.compose_ok(&dir, &["run", "-d", "--rm", "app", "sh", "-c", "sleep 1"]);
+    let name = env.compose_ok(&dir, &["run", "-d", "--rm", "app", "sh", "-c", "sleep 4"]);
     let name = name.trim().to_string();
     assert!(name.contains("-app-run-"), "{name}");
     // Running now, and resolvable from the service's container.
@@ -941,11 +941,16 @@ fn run_detached_rm_is_removed_when_it_exits() {
             Some(r) => Err(format!("still listed: {r}")),
         }
     });
-    assert!(
-        !env.root.join("containers").join(&name).exists(),
-        "state dir left"
-    );
-    assert_ne!(lookup(&name), 0, "its DNS name was dropped");
+    eventually(Duration::from_secs(5), || {
+        match env.root.join("containers").join(&name).exists() {
+            false => Ok(()),
+            true => Err("state dir left".to_string()),
+        }
+    });
+    eventually(Duration::from_secs(5), || match lookup(&name) {
+        0 => Err("its DNS name still answers".to_string()),
+        _ => Ok(()),
+    });
     // The service's own container is untouched.
     let rows = ps_rows(&env, &dir);
     assert!(
