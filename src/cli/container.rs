@@ -575,8 +575,8 @@ fn print_logs(
     proxy: Option<(&berth_runtime::CaughtSignals, &str)>,
 ) -> anyhow::Result<()> {
     use std::io::{BufRead, Seek};
-    let path = c.log_path();
     use std::os::unix::fs::MetadataExt;
+    let path = c.log_path();
     let mut pos = 0u64;
     let mut file: Option<(u64, std::fs::File)> = None;
     // While proxying, output that cannot be written (a hung-up terminal: EIO) is dropped
