@@ -684,7 +684,7 @@ impl Container {
             signal,
             Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT
         );
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let status = proc_status(pid);
         let dropped = !status_handles(&status, signal) && !status_has(&status, "SigIgn:", signal);
         if terminating && dropped {
             debug!(pid, %signal, "PID 1 has no handler for the forwarded signal: killing");
@@ -924,10 +924,12 @@ impl Container {
 /// Whether `pid` catches or blocks `sig` (SigCgt / SigBlk in /proc/PID/status); true when
 /// unknown, so the caller keeps the grace period.
 pub(crate) fn handles_signal(pid: i32, sig: Signal) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(text) => status_handles(&text, sig),
-        Err(_) => true,
-    }
+    status_handles(&proc_status(pid), sig)
+}
+
+/// `/proc/PID/status`, empty when unreadable (every mask then reads as "has it").
+fn proc_status(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
 }
 
 fn status_handles(status: &str, sig: Signal) -> bool {

@@ -19,7 +19,8 @@ use berth_runtime::{
 use super::GlobalOpts;
 use crate::state::Root;
 
-/// Label holding the writable-layer dir of an image-based `container run`, removed by `rm`.
+/// Label in which an earlier berth named the writable layer of an image-based `container
+/// run` (now the spec's `owned_dirs`); `rm` still removes it for such containers.
 const RW_LABEL: &str = "berth.container.rw-dir";
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -306,6 +307,8 @@ fn each(
 }
 
 fn remove(rt: &Runtime, c: Container) -> anyhow::Result<()> {
+    // `delete` removes the spec's `owned_dirs`; containers made by an earlier berth name
+    // their writable layer only in this label.
     let rw = c.spec().labels.get(RW_LABEL).cloned();
     rt.delete(c.id().as_str())?;
     if let Some(rw) = rw {
@@ -367,7 +370,7 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
     let mut env = Vec::new();
     let mut user = None;
     let mut workdir = None;
-    let mut labels = std::collections::BTreeMap::new();
+    let mut owned_dirs = Vec::new();
     let rootfs = match &a.rootfs {
         Some(dir) => {
             if let Some(ep) = &a.entrypoint {
@@ -415,7 +418,8 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
                 std::fs::create_dir(rw.join(d))
                     .with_context(|| format!("creating {}", rw.display()))?;
             }
-            labels.insert(RW_LABEL.to_string(), rw.to_string_lossy().into_owned());
+            // The writable layer goes with the container, whoever removes it.
+            owned_dirs.push(rw.clone());
             Rootfs::Overlay {
                 lower: image.layers.clone(),
                 upper: rw.join("upper"),
@@ -427,12 +431,7 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
         bail!("no command specified");
     }
     let mut spec = ContainerSpec::new(id, rootfs, args);
-    // The writable layer goes with the container, whoever removes it.
-    spec.owned_dirs = labels
-        .get(RW_LABEL)
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
+    spec.owned_dirs = owned_dirs;
     // Detached, the shim removes it once it exits (`docker run -d --rm`); in the foreground
     // berth does, after taking the exit code.
     spec.auto_remove = a.rm && a.detach;
@@ -456,7 +455,6 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
     spec.privileged = a.privileged;
     spec.read_only_rootfs = a.read_only;
     spec.init = a.init;
-    spec.labels = labels;
     spec.tty = a.tty;
     spec.open_stdin = a.interactive;
     spec.attach = !a.detach && (a.tty || a.interactive);
@@ -485,8 +483,8 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
     let c = match rt.run(&spec) {
         Ok(c) => c,
         Err(e) => {
-            if let Some(rw) = spec.labels.get(RW_LABEL) {
-                let _ = std::fs::remove_dir_all(rw);
+            for dir in &spec.owned_dirs {
+                let _ = std::fs::remove_dir_all(dir);
             }
             return Err(e.into());
         }

@@ -637,18 +637,10 @@ fn run_pipes_stdin_into_a_one_off() {
     let _ns = support::enter_fresh_netns();
     // On a project that is up (one that is not: `run_on_a_project_that_is_not_up`).
     let dir = up(&env, "runstdin", SLEEPER);
-    let mut cmd = env.berth();
-    cmd.current_dir(&dir).args([
-        "-p",
-        &env.project,
-        "run",
-        "--rm",
-        "-T",
-        "app",
-        "sh",
-        "-c",
-        "cat; exit 3",
-    ]);
+    let cmd = env.compose_cmd(
+        &dir,
+        &["run", "--rm", "-T", "app", "sh", "-c", "cat; exit 3"],
+    );
     let (code, out, err) =
         support::pty::run_with_input(cmd, "hi\nthere\n", Duration::from_secs(60));
     assert_eq!(code, 3, "stdout: {out:?}\nstderr: {err}");
@@ -670,18 +662,18 @@ fn run_on_a_terminal_is_interactive() {
     // On a project that is up (one that is not: `run_on_a_project_that_is_not_up`).
     let dir = up(&env, "runtty", SLEEPER);
     let name = format!("{}-tty-oneoff", env.project);
-    let mut cmd = env.berth();
-    cmd.current_dir(&dir).args([
-        "-p",
-        &env.project,
-        "run",
-        "--name",
-        &name,
-        "app",
-        "sh",
-        "-c",
-        crate::runtime::READ_LOOP,
-    ]);
+    let cmd = env.compose_cmd(
+        &dir,
+        &[
+            "run",
+            "--name",
+            &name,
+            "app",
+            "sh",
+            "-c",
+            crate::runtime::READ_LOOP,
+        ],
+    );
     let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
     crate::runtime::drive_read_loop(&mut s);
     let logs = env.ok(&["container", "logs", &name]);
@@ -701,17 +693,17 @@ fn run_with_redirected_stdout_gets_no_tty() {
     let dir = env.project_dir("runnotty", SLEEPER);
     let out_path = dir.join("out.txt");
     let file = std::fs::File::create(&out_path).unwrap();
-    let mut cmd = env.berth();
-    cmd.current_dir(&dir).args([
-        "-p",
-        &env.project,
-        "run",
-        "--rm",
-        "app",
-        "sh",
-        "-c",
-        "[ -t 1 ] && echo out-is-tty || echo out-is-pipe; exit 3",
-    ]);
+    let cmd = env.compose_cmd(
+        &dir,
+        &[
+            "run",
+            "--rm",
+            "app",
+            "sh",
+            "-c",
+            "[ -t 1 ] && echo out-is-tty || echo out-is-pipe; exit 3",
+        ],
+    );
     let mut s = support::pty::PtySession::spawn_with_stdout(cmd, 30, 100, Some(file.into()));
     assert_eq!(s.wait(Duration::from_secs(60)), 3, "{:?}", s.screen());
     let out = std::fs::read_to_string(&out_path).unwrap();
@@ -729,17 +721,10 @@ fn run_rm_removes_the_one_off_on_hangup() {
     let _ns = support::enter_fresh_netns();
     env.load_busybox();
     let dir = env.project_dir("runhup", SLEEPER);
-    let mut cmd = env.berth();
-    cmd.current_dir(&dir).args([
-        "-p",
-        &env.project,
-        "run",
-        "--rm",
-        "app",
-        "sh",
-        "-c",
-        crate::runtime::READ_LOOP,
-    ]);
+    let cmd = env.compose_cmd(
+        &dir,
+        &["run", "--rm", "app", "sh", "-c", crate::runtime::READ_LOOP],
+    );
     let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
     s.expect("/dev/pts/", Duration::from_secs(60));
     s.signal(nix::sys::signal::Signal::SIGHUP);
@@ -762,16 +747,10 @@ fn exec_on_a_terminal_follows_resizes() {
     let env = TestEnv::new("verbs-exec-tty");
     let _ns = support::enter_fresh_netns();
     let dir = up(&env, "exectty", SLEEPER);
-    let mut cmd = env.berth();
-    cmd.current_dir(&dir).args([
-        "-p",
-        &env.project,
-        "exec",
-        "app",
-        "sh",
-        "-c",
-        crate::runtime::READ_LOOP,
-    ]);
+    let cmd = env.compose_cmd(
+        &dir,
+        &["exec", "app", "sh", "-c", crate::runtime::READ_LOOP],
+    );
     let mut s = support::pty::PtySession::spawn(cmd, 30, 100);
     crate::runtime::drive_read_loop(&mut s);
     env.compose_ok(&dir, &["down"]);

@@ -131,13 +131,7 @@ pub(crate) fn allow_rules(caps: CapSet) -> BTreeMap<i64, Vec<Vec<Cond>>> {
 pub fn docker_default_oci(caps: CapSet) -> serde_json::Value {
     use docker_profile::*;
     use serde_json::json;
-    let mut names: HashMap<i64, &str> = ALLOW.iter().map(|(n, nr)| (*nr, *n)).collect();
-    for (n, nr) in [SOCKET, PERSONALITY, CLONE, CLONE3] {
-        names.insert(nr, n);
-    }
-    for (_, group) in CAP_GATED {
-        names.extend(group.iter().map(|(n, nr)| (*nr, *n)));
-    }
+    let names = x86_64_names();
     let mut allow = Vec::new();
     let mut syscalls = Vec::new();
     for (nr, alts) in allow_rules(caps) {
@@ -186,6 +180,17 @@ pub fn docker_default_oci(caps: CapSet) -> serde_json::Value {
     })
 }
 
+/// Every x86_64 number the profile names, to its name.
+fn x86_64_names() -> HashMap<i64, &'static str> {
+    use docker_profile::*;
+    ALLOW
+        .iter()
+        .chain(CAP_GATED.iter().flat_map(|(_, g)| g.iter()))
+        .chain([&SOCKET, &PERSONALITY, &CLONE, &CLONE3])
+        .map(|(n, nr)| (*nr, *n))
+        .collect()
+}
+
 /// The allowlist for i386 programs (`int 0x80`), keyed by i386 number: the same names as on
 /// x86_64 where i386 has them, plus the 32-bit-only ones Docker lists (`chown32`, `mmap2`,
 /// `socketcall`, ...). i386 syscalls use only the low 32 bits of each argument, and so do
@@ -194,12 +199,7 @@ pub fn docker_default_oci(caps: CapSet) -> serde_json::Value {
 pub(crate) fn allow_rules_i386(caps: CapSet) -> BTreeMap<i64, Vec<Vec<Cond>>> {
     use docker_profile::*;
     let i386: HashMap<&str, i64> = I386.iter().copied().collect();
-    let x86_64: HashMap<i64, &str> = ALLOW
-        .iter()
-        .chain(CAP_GATED.iter().flat_map(|(_, g)| g.iter()))
-        .chain([&SOCKET, &PERSONALITY, &CLONE, &CLONE3])
-        .map(|(n, nr)| (*nr, *n))
-        .collect();
+    let x86_64 = x86_64_names();
     let mut rules = BTreeMap::new();
     for (nr, alts) in allow_rules(caps) {
         let Some(nr32) = x86_64.get(&nr).and_then(|n| i386.get(n)) else {

@@ -214,6 +214,14 @@ impl TestEnv {
         out
     }
 
+    /// The berth command [`TestEnv::compose`] runs, for tests that drive it themselves (a
+    /// pty, piped stdin): in `dir`, `-p <this test's project>` first.
+    pub fn compose_cmd(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut c = self.berth();
+        c.current_dir(dir).arg("-p").arg(&self.project).args(args);
+        c
+    }
+
     fn compose_env(
         &self,
         dir: &Path,
@@ -221,12 +229,8 @@ impl TestEnv {
         args: &[&str],
     ) -> (i32, String, String) {
         let out = self
-            .berth()
+            .compose_cmd(dir, args)
             .envs(vars.iter().copied())
-            .current_dir(dir)
-            .arg("-p")
-            .arg(&self.project)
-            .args(args)
             .output()
             .expect("running berth");
         (
