@@ -173,8 +173,8 @@ impl Runtime {
         })
     }
 
-    /// Starts berth's binary in hidden mode `mode` with `stdio` as fds 0-2 and `report` on
-    /// fd 3, by `posix_spawn` (glibc: a vfork-style clone) rather than fork: this process's
+    /// Starts berth's binary in hidden mode `mode` with `stdio` as fds 0-2 and `fds` from
+    /// fd 3 on, by `posix_spawn` (glibc: a vfork-style clone) rather than fork: this process's
     /// page tables are not copied and its memory does not turn copy-on-write, which costs a
     /// large CLI or the supervisor a fault per page it touches afterwards. The signal mask
     /// is cleared and SIGPIPE reset to default, as `std::process::Command` does.
@@ -183,7 +183,7 @@ impl Runtime {
         mode: &str,
         args: &[&str],
         stdio: [BorrowedFd<'_>; 3],
-        report: &OwnedFd,
+        fds: &[BorrowedFd<'_>],
     ) -> std::io::Result<Pid> {
         use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
         use std::ffi::CString;
@@ -191,14 +191,14 @@ impl Runtime {
         let (program, _keep) = self.helper_program()?;
         // Sources above the targets: dup2(fd, fd) would keep FD_CLOEXEC on older glibc, and
         // an earlier dup2 must not overwrite a later source.
-        let sources = [stdio[0], stdio[1], stdio[2], report.as_fd()].map(|fd| {
+        let sources = stdio.iter().chain(fds).map(|fd| {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
                 // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nobody else owns.
                 .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
         });
         let mut actions = PosixSpawnFileActions::init()?;
-        let mut owned = Vec::with_capacity(4);
-        for (target, fd) in sources.into_iter().enumerate() {
+        let mut owned = Vec::with_capacity(3 + fds.len());
+        for (target, fd) in sources.enumerate() {
             let fd = fd?;
             actions.add_dup2(fd.as_raw_fd(), target as i32)?;
             owned.push(fd);
@@ -311,27 +311,25 @@ impl Runtime {
     fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<Container> {
         let id = spec.id.as_str();
         StateDir::write_json(&state.spec(), spec).map_err(Self::err_state(id, &state.spec()))?;
-        if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
-            let prog = crate::seccomp::docker_default(spec.capabilities()?).map_err(|source| {
-                RuntimeError::Seccomp {
-                    id: id.to_string(),
-                    source,
-                }
-            })?;
-            std::fs::write(state.seccomp(), prog.to_bytes())
-                .map_err(Self::err_state(id, &state.seccomp()))?;
-        }
-        let (r, w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Spawn {
-                id: id.to_string(),
-                helper: self.helper.clone(),
-                source: e.into(),
-            })?;
+        let seccomp_err = |source| RuntimeError::Seccomp {
+            id: id.to_string(),
+            source,
+        };
+        let confined = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
+            crate::seccomp::check_arch().map_err(seccomp_err)?;
+            Some(spec.capabilities()?)
+        } else {
+            None
+        };
         let spawn_err = |source| RuntimeError::Spawn {
             id: id.to_string(),
             helper: self.helper.clone(),
             source,
         };
+        let pipe =
+            || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()));
+        let (r, w) = pipe()?;
+        let (seccomp_r, seccomp_w) = pipe()?;
         let root = self.state_root.to_string_lossy().into_owned();
         let shim_log = std::fs::File::create(state.shim_log())
             .map_err(Self::err_state(id, &state.shim_log()))?;
@@ -345,13 +343,28 @@ impl Runtime {
                 crate::shim::MODE,
                 &[&root, id],
                 [null.as_fd(), null.as_fd(), shim_log.as_fd()],
-                &w,
+                &[w.as_fd(), seccomp_r.as_fd()],
             )
             .map_err(spawn_err)?;
-        drop(w);
+        drop((w, seccomp_r));
+        // The seccomp program is compiled (once per process) while the shim starts, which
+        // needs it only when it forks the init: it comes down a pipe, and goes to the state
+        // dir for `exec`. If this fails, the pipe closes empty and the shim gives up.
+        let seccomp = confined.map(|caps| -> Result<()> {
+            let prog = crate::seccomp::docker_default(caps).map_err(seccomp_err)?;
+            let bytes = prog.to_bytes();
+            std::fs::write(state.seccomp(), &bytes)
+                .map_err(Self::err_state(id, &state.seccomp()))?;
+            // A shim that is already gone has reported why.
+            let _ = std::io::Write::write_all(&mut std::fs::File::from(seccomp_w), &bytes);
+            Ok(())
+        });
         let report = protocol::receive::<ShimReport>(r);
         // The first shim process exits right after forking the real one.
         while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
+        if let Some(Err(e)) = seccomp {
+            return Err(e);
+        }
         match report {
             Ok(Some(ShimReport::Started { pid })) => {
                 debug!(pid, "container started");

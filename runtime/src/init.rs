@@ -95,8 +95,11 @@ pub(crate) struct InitContext<'a> {
     pub cgroupns: bool,
     pub seccomp: Option<&'a SeccompProgram>,
     pub caps: CapSet,
-    /// The container's cgroup, which the init joins itself first thing.
+    /// The container's cgroup, which the init joins itself once the shim has made it.
     pub cgroup: &'a dyn CgroupManager,
+    /// Readable (one byte) once the shim has created the cgroup and written its limits;
+    /// EOF if it could not (the shim reports that, the init just ends).
+    pub cgroup_ready: OwnedFd,
     /// With `tty: true`: a unix socket on which the pty master goes to the shim.
     pub console: Option<OwnedFd>,
 }
@@ -104,16 +107,12 @@ pub(crate) struct InitContext<'a> {
 /// The container init. Returns only on error.
 pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
     let spec = ctx.spec;
-    // Still a single-threaded copy of the shim: join the cgroup before anything else, so
-    // every later process and allocation is accounted and limited.
-    ctx.cgroup.join_self().map_err(InitError::Cgroup)?;
-
+    // The namespaces first, while the shim creates the cgroup (runc's parent sets cgroups
+    // up while its child bootstraps too): a new network namespace is the costliest step of
+    // a start, and the two overlap. The cgroup namespace waits for the cgroup.
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
-    }
-    if ctx.cgroupns {
-        flags |= CloneFlags::CLONE_NEWCGROUP;
     }
     unshare(flags).map_err(sys("unshare namespaces"))?;
     debug!(?flags, "namespaces unshared");
@@ -137,6 +136,20 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
         if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
             return Err(sys(format!("set domainname {d:?}"))(nix::Error::last()));
         }
+    }
+    // Then into the cgroup before anything of the container's own runs or allocates: the
+    // mounts, the user's process and all its children are accounted and limited.
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(&ctx.cgroup_ready, &mut byte), Ok(1)) {
+        // The shim could not make the cgroup and reports why; nothing to add.
+        // SAFETY: as in `fail`, the parent's atexit handlers are not ours to run.
+        unsafe { libc::_exit(1) }
+    }
+    drop(ctx.cgroup_ready);
+    // Still a single-threaded copy of the shim: the cheap self-join (see `join_self`).
+    ctx.cgroup.join_self().map_err(InitError::Cgroup)?;
+    if ctx.cgroupns {
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare the cgroup namespace"))?;
     }
 
     rootfs::prepare(spec, &ctx.rootfs_mountpoint, &ctx.view)?;

@@ -31,6 +31,9 @@ use crate::state::{now_rfc3339, pid_start_time, ExitRecord, RunningRecord, State
 pub(crate) const MODE: &str = "__berth-runtime-shim";
 /// The fd on which the caller waits for the [`ShimReport`].
 pub(crate) const REPORT_FD: i32 = 3;
+/// The fd on which the caller sends the compiled seccomp program (`SeccompProgram::to_bytes`)
+/// and closes; read only when the spec asks for seccomp.
+pub(crate) const SECCOMP_FD: i32 = 4;
 
 /// Shim entry point; returns the process exit code.
 pub(crate) fn main(args: &[String]) -> u8 {
@@ -40,6 +43,8 @@ pub(crate) fn main(args: &[String]) -> u8 {
     };
     // SAFETY: the caller dup'ed the report pipe to fd 3 for us; nothing else owns it.
     let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    // SAFETY: likewise the seccomp pipe on fd 4.
+    let seccomp = unsafe { OwnedFd::from_raw_fd(SECCOMP_FD) };
     let _ = nix::unistd::setsid();
     // SAFETY: single-threaded (hidden modes run before any thread exists).
     match unsafe { fork() } {
@@ -58,7 +63,7 @@ pub(crate) fn main(args: &[String]) -> u8 {
         libc::prctl(libc::PR_SET_NAME, c"berth-shim".as_ptr(), 0, 0, 0);
     }
     let state = StateDir::new(Path::new(root), id);
-    match start(&state) {
+    match start(&state, seccomp) {
         Ok(running) => {
             let pid = running.pid;
             // state.json before the report, so the caller can re-attach as soon as it returns.
@@ -136,7 +141,7 @@ fn chain_of(context: &str, e: &(dyn std::error::Error + 'static)) -> ErrorChain 
     ErrorChain::from_error(e).context(context)
 }
 
-fn start(state: &StateDir) -> Result<Running, ErrorChain> {
+fn start(state: &StateDir, seccomp_pipe: OwnedFd) -> Result<Running, ErrorChain> {
     let spec: ContainerSpec = StateDir::read_json(&state.spec())
         .map_err(|e| chain_of("cannot read spec.json", &e))?
         .ok_or_else(|| ErrorChain(vec!["spec.json is missing".into()]))?;
@@ -144,10 +149,16 @@ fn start(state: &StateDir) -> Result<Running, ErrorChain> {
         .capabilities()
         .map_err(|e| chain_of("invalid spec", &e))?;
     let seccomp = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
-        let bytes =
-            std::fs::read(state.seccomp()).map_err(|e| chain_of("cannot read seccomp.bpf", &e))?;
-        Some(SeccompProgram::from_bytes(&bytes).map_err(|e| chain_of("invalid seccomp.bpf", &e))?)
+        // By now the caller has long written it: it compiles while this process starts.
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(seccomp_pipe), &mut bytes)
+            .map_err(|e| chain_of("cannot read the seccomp program", &e))?;
+        Some(
+            SeccompProgram::from_bytes(&bytes)
+                .map_err(|e| chain_of("no valid seccomp program from the caller", &e))?,
+        )
     } else {
+        drop(seccomp_pipe);
         None
     };
     let log_path = spec.log.path.clone().unwrap_or_else(|| state.default_log());
@@ -173,10 +184,6 @@ fn start(state: &StateDir) -> Result<Running, ErrorChain> {
     };
 
     let cgroup = cgroups::open(spec.id.as_str()).map_err(|e| chain_of("cannot open cgroup", &e))?;
-    if let Err(e) = cgroup.create(&spec.limits, spec.privileged) {
-        let _ = cgroup.remove();
-        return Err(chain_of("cannot create cgroup", &e));
-    }
     match spawn_init(&spec, state, cgroup.as_ref(), caps, seccomp.as_ref()) {
         Ok((pid, stdout, stderr, stdin)) => {
             if let Some(a) = &mut attach {
@@ -239,6 +246,7 @@ fn spawn_init(
     };
     let (err_r, err_w) = pipe()?;
     let (fail_r, fail_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
     let devnull =
         std::fs::File::open("/dev/null").map_err(|e| chain_of("cannot open /dev/null", &e))?;
     let (console_parent, console_child) = if spec.tty {
@@ -260,7 +268,7 @@ fn spawn_init(
     let child =
         match unsafe { fork() }.map_err(|e| chain_of("cannot fork the container init", &e))? {
             ForkResult::Child => {
-                drop((out_r, err_r, fail_r, console_parent, in_w));
+                drop((out_r, err_r, fail_r, console_parent, in_w, ready_w));
                 let _ = match &in_r {
                     Some(r) => nix::unistd::dup2_stdin(r.as_fd()),
                     None => nix::unistd::dup2_stdin(devnull.as_fd()),
@@ -277,6 +285,7 @@ fn spawn_init(
                     seccomp,
                     caps,
                     cgroup,
+                    cgroup_ready: ready_r,
                     console: console_child,
                 };
                 let Err(e) = init::run(ctx);
@@ -284,13 +293,23 @@ fn spawn_init(
             }
             ForkResult::Parent { child } => child,
         };
-    drop((out_w, err_w, fail_w, devnull, console_child, in_r));
+    drop((out_w, err_w, fail_w, devnull, console_child, in_r, ready_r));
     let abort = |chain: ErrorChain| {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(child, None);
         chain
     };
     debug!(pid = child.as_raw(), "container init forked");
+    // The cgroup is made while the init unshares its namespaces; it waits for this byte
+    // before it joins (and gets EOF, and ends, if the cgroup could not be made).
+    // (The caller removes a cgroup left half-made.)
+    if let Err(e) = cgroup.create(&spec.limits, spec.privileged) {
+        drop(ready_w);
+        return Err(abort(chain_of("cannot create cgroup", &e)));
+    }
+    // An init that failed before it read this has sent its error, which comes next.
+    let _ = nix::unistd::write(&ready_w, &[1]);
+    drop(ready_w);
     // The init sends the pty master before it execs: take it first, so the console size is
     // set while the init is still busy with its own setup. EOF (no fd) if it failed.
     let early_master = console_parent.as_ref().map(crate::tty::recv_fd);

@@ -55,14 +55,20 @@ fn cache() -> &'static Mutex<HashMap<u64, Arc<SeccompProgram>>> {
     CACHE.get_or_init(Default::default)
 }
 
-/// Docker's default profile for a container holding `caps`, compiled once per capability set
-/// in this process.
-pub fn docker_default(caps: CapSet) -> Result<Arc<SeccompProgram>, SeccompError> {
+/// Whether [`docker_default`] can build a filter for this machine's architecture.
+pub fn check_arch() -> Result<(), SeccompError> {
     if std::env::consts::ARCH != "x86_64" {
         return Err(SeccompError::UnsupportedArch {
             arch: std::env::consts::ARCH,
         });
     }
+    Ok(())
+}
+
+/// Docker's default profile for a container holding `caps`, compiled once per capability set
+/// in this process.
+pub fn docker_default(caps: CapSet) -> Result<Arc<SeccompProgram>, SeccompError> {
+    check_arch()?;
     let mut guard = cache().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(p) = guard.get(&caps.0) {
         return Ok(p.clone());
@@ -324,6 +330,13 @@ impl SeccompProgram {
             filters.push(f);
             b = &b[n * 8..];
         }
+        // A confined container always has a filter: no bytes (a writer that gave up) must
+        // not read as "nothing to enforce".
+        if filters.is_empty() {
+            return Err(SeccompError::Malformed {
+                reason: "no filter",
+            });
+        }
         Ok(Self { filters })
     }
 
@@ -368,6 +381,20 @@ mod tests {
             p.filters[0].len()
         );
         assert_eq!(SeccompProgram::from_bytes(&p.to_bytes()).unwrap(), *p);
+    }
+
+    /// A caller that gave up closes the program pipe empty or part-way: that must never read
+    /// as a program (an empty one would start the container unconfined).
+    #[test]
+    fn empty_or_cut_bytes_are_no_program() {
+        let bytes = docker_default(CapSet::docker_default()).unwrap().to_bytes();
+        for cut in [0, 3, 4, 12, bytes.len() - 1] {
+            assert!(
+                SeccompProgram::from_bytes(&bytes[..cut]).is_err(),
+                "{cut} of {} bytes read as a program",
+                bytes.len()
+            );
+        }
     }
 
     /// The same rules through seccompiler (a linear filter, plus a one-rule ENOSYS filter for
