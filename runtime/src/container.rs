@@ -491,7 +491,7 @@ impl Runtime {
         }
         // The rootfs is only mounted inside the container's mount namespace, but a bind of
         // the state dir by someone else must not make us delete through it.
-        if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+        if let Ok(text) = crate::state::read_proc("/proc/self/mountinfo") {
             let mut under: Vec<PathBuf> = text
                 .lines()
                 .filter_map(|l| l.split(' ').nth(4))
@@ -942,7 +942,7 @@ pub(crate) fn handles_signal(pid: i32, sig: Signal) -> bool {
 
 /// `/proc/PID/status`, empty when unreadable (every mask then reads as "has it").
 fn proc_status(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+    crate::state::read_proc(format!("/proc/{pid}/status")).unwrap_or_default()
 }
 
 fn status_handles(status: &str, sig: Signal) -> bool {

@@ -150,7 +150,8 @@ fn start(state: &StateDir, seccomp_pipe: OwnedFd) -> Result<Running, ErrorChain>
         .map_err(|e| chain_of("invalid spec", &e))?;
     let seccomp = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
         // By now the caller has long written it: it compiles while this process starts.
-        let mut bytes = Vec::new();
+        // Docker's profile is ~3.5 KB: one read, not a series of growing ones.
+        let mut bytes = Vec::with_capacity(16 * 1024);
         std::io::Read::read_to_end(&mut std::fs::File::from(seccomp_pipe), &mut bytes)
             .map_err(|e| chain_of("cannot read the seccomp program", &e))?;
         Some(

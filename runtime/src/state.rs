@@ -99,25 +99,38 @@ impl StateDir {
     }
 }
 
+/// Reads a file under /proc. Its size shows as 0, so `std::fs::read_to_string` would read
+/// it in steps growing from 32 bytes (seven reads for mountinfo); one 8 KiB buffer takes
+/// most of them in one.
+pub(crate) fn read_proc(path: impl AsRef<Path>) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::with_capacity(8192);
+    std::fs::File::open(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The fields of a `/proc/PID/stat` line from the third (state) on. The command name may
+/// contain spaces and parentheses: they start after the last ')'.
+fn stat_fields(stat: &str) -> Option<std::str::Split<'_, char>> {
+    Some(stat.get(stat.rfind(')')? + 2..)?.split(' '))
+}
+
 /// Start time of `pid` in clock ticks since boot, `None` if it does not exist.
 pub fn pid_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let stat = read_proc(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&stat)?.nth(19)?.parse().ok()
 }
 
 /// Whether `pid` is alive and is the process that started at `start` (not a zombie).
 pub fn pid_alive(pid: i32, start: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Ok(stat) = read_proc(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let Some(close) = stat.rfind(')') else {
+    let Some(mut fields) = stat_fields(&stat) else {
         return false;
     };
-    let rest = &stat[close + 2..];
-    let state = rest.split(' ').next().unwrap_or("");
-    state != "Z" && state != "X" && pid_start_time(pid) == Some(start)
+    let state = fields.next().unwrap_or("");
+    state != "Z" && state != "X" && fields.nth(18).and_then(|v| v.parse().ok()) == Some(start)
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -136,6 +149,19 @@ mod tests {
         let t = pid_start_time(me).unwrap();
         assert!(pid_alive(me, t));
         assert!(!pid_alive(me, t + 1));
+        // An exited, unreaped child (a zombie) is not alive, nor is it once reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let start = pid_start_time(pid).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pid_alive(pid, start) {
+            assert!(std::time::Instant::now() < deadline, "a zombie read as alive");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(pid_start_time(pid), Some(start), "still a zombie");
+        child.wait().unwrap();
+        assert!(!pid_alive(pid, start));
+        assert_eq!(pid_start_time(pid), None);
     }
 
     #[test]

@@ -238,7 +238,7 @@ fn cgroup_mounts() -> Result<&'static [CgroupMount], CgroupError> {
     if let Some(m) = MOUNTS.get() {
         return Ok(m);
     }
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+    let text = crate::state::read_proc("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
     Ok(MOUNTS.get_or_init(|| parse_mountinfo(&text)))
 }
 
