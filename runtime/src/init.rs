@@ -2,12 +2,14 @@
 //! the new pid namespace, and ends in `execve` of the user's command (or in [`tiny_init`]).
 //!
 //! Takes the spec, the cgroup view and the precompiled seccomp program, gives a running
-//! container process. Order matters and follows runc: join the cgroup (the init does it
-//! itself, see `CgroupManager::join_self`) → unshare the other namespaces (cgroup ns only after placement, so its root is the
-//! container's cgroup) → join a network namespace → hostname → rootfs and pivot_root
-//! (`rootfs`) → sysctls → masked/read-only paths → oom_score_adj → [`become_process`]
-//! (rlimits, fds, bounding set, seccomp, user, capabilities, exec). `exec` reuses
-//! [`become_process`] for processes joining a running container.
+//! container process. Order matters: unshare the mount, uts, ipc (and net) namespaces, join
+//! a network namespace, hostname (all while the shim creates the cgroup) → wait for the
+//! shim's "cgroup ready" → join the cgroup (the init does it itself, see
+//! `CgroupManager::join_self`) → unshare the cgroup namespace (after placement, so its root
+//! is the container's cgroup) → rootfs and pivot_root (`rootfs`) → sysctls →
+//! masked/read-only paths → oom_score_adj → [`become_process`] (rlimits, fds, bounding set,
+//! seccomp, user, capabilities, exec). `exec` reuses [`become_process`] for processes
+//! joining a running container.
 
 use std::convert::Infallible;
 use std::ffi::CString;

@@ -1,11 +1,12 @@
 //! The per-container shim: berth's own binary in a hidden, single-threaded mode, the parent of
 //! the container for its whole life.
 //!
-//! Takes `<state root> <id>` on argv and a report pipe on fd 3 from `Runtime::run`, gives a
-//! running container: it detaches (setsid + a second fork, so the caller can reap the first
-//! process at once and the shim survives the caller's death), becomes a child subreaper,
-//! creates the cgroup, forks the container init into a new pid namespace (unshare(NEWPID)
-//! before fork makes the child PID 1), which joins the cgroup itself; waits for its exec, reports
+//! Takes `<state root> <id>` on argv, a report pipe on fd 3 and the seccomp program's pipe
+//! on fd 4 from `Runtime::run`, gives a running container: it detaches (setsid + a second
+//! fork, so the caller can reap the first process at once and the shim survives the
+//! caller's death), becomes a child subreaper, forks the container init into a new pid
+//! namespace (unshare(NEWPID) before fork makes the child PID 1), creates the cgroup while
+//! the init unshares its namespaces, and lets it join; waits for its exec, reports
 //! the pid or the error chain on fd 3, then copies stdout/stderr into the JSON-lines log,
 //! reaps PID 1 and writes `exit.json` with OOM detection. Neighbours: `init` (child side),
 //! `state` (files), `log` (format), `cgroups`.
@@ -317,7 +318,7 @@ fn spawn_init(
     if let (Some(Ok(Some(m))), Some(size)) = (&early_master, spec.console_size) {
         crate::tty::set_winsize(m.as_raw_fd(), size);
     }
-    // The init joins the cgroup itself (`CgroupManager::join_self`, the cheap path on v1).
+    // The init has joined the cgroup itself (`CgroupManager::join_self`, the cheap path on v1).
     match protocol::receive::<ErrorChain>(fail_r) {
         Ok(None) => match early_master {
             None => Ok((child.as_raw(), out_r, Some(err_r), in_w)),

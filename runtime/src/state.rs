@@ -155,7 +155,10 @@ mod tests {
         let start = pid_start_time(pid).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while pid_alive(pid, start) {
-            assert!(std::time::Instant::now() < deadline, "a zombie read as alive");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a zombie read as alive"
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(pid_start_time(pid), Some(start), "still a zombie");
