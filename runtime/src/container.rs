@@ -347,13 +347,13 @@ impl Runtime {
             )
             .map_err(spawn_err)?;
         drop((w, seccomp_r));
-        // The seccomp program is compiled (once per process) while the shim starts, which
-        // needs it only when it forks the init: it comes down a pipe, and goes to the state
-        // dir for `exec`. If this fails, the pipe closes empty and the shim gives up.
+        // The seccomp program is compiled (once per process) while the shim execs and reads
+        // its spec: it comes down a pipe, and goes to the state dir for `exec`. If this
+        // fails, the pipe closes empty and the shim gives up.
         let seccomp = confined.map(|caps| -> Result<()> {
             let prog = crate::seccomp::docker_default(caps).map_err(seccomp_err)?;
             let bytes = prog.to_bytes();
-            std::fs::write(state.seccomp(), &bytes)
+            StateDir::write_atomic(&state.seccomp(), &bytes)
                 .map_err(Self::err_state(id, &state.seccomp()))?;
             // A shim that is already gone has reported why.
             let _ = std::io::Write::write_all(&mut std::fs::File::from(seccomp_w), &bytes);

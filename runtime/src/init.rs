@@ -109,9 +109,11 @@ pub(crate) struct InitContext<'a> {
 /// The container init. Returns only on error.
 pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
     let spec = ctx.spec;
-    // The namespaces first, while the shim creates the cgroup (runc's parent sets cgroups
-    // up while its child bootstraps too): a new network namespace is the costliest step of
-    // a start, and the two overlap. The cgroup namespace waits for the cgroup.
+    // The namespaces first, while the shim creates the cgroup: a new network namespace is
+    // the costliest step of a start, and the two overlap. (runc places its child before it
+    // unshares. Here the namespace objects themselves, a few KB of kernel memory, are
+    // charged to the shim's cgroup; all the container allocates later is its own.) The
+    // cgroup namespace waits for the cgroup.
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -139,13 +141,18 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
             return Err(sys(format!("set domainname {d:?}"))(nix::Error::last()));
         }
     }
-    // Then into the cgroup before anything of the container's own runs or allocates: the
-    // mounts, the user's process and all its children are accounted and limited.
+    // Then into the cgroup before the rootfs is built and anything of the container's own
+    // runs: its mounts, the user's process and all its children are accounted and limited.
     let mut byte = [0u8; 1];
-    if !matches!(nix::unistd::read(&ctx.cgroup_ready, &mut byte), Ok(1)) {
-        // The shim could not make the cgroup and reports why; nothing to add.
-        // SAFETY: as in `fail`, the parent's atexit handlers are not ours to run.
-        unsafe { libc::_exit(1) }
+    loop {
+        match nix::unistd::read(&ctx.cgroup_ready, &mut byte) {
+            Ok(1) => break,
+            // EOF: the shim could not make the cgroup and reports why; nothing to add.
+            // SAFETY: as in `fail`, the parent's atexit handlers are not ours to run.
+            Ok(_) => unsafe { libc::_exit(1) },
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(sys("wait for the container's cgroup")(e)),
+        }
     }
     drop(ctx.cgroup_ready);
     // Still a single-threaded copy of the shim: the cheap self-join (see `join_self`).

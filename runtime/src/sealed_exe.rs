@@ -49,6 +49,11 @@ pub(crate) fn sealed_copy(path: &Path, scratch: &Path) -> std::io::Result<Arc<Ow
             fd
         }
     };
+    // Above every fd a spawn dup2s into the child (0-4 for the shim): kept for the life of
+    // the process, a low number could be taken over by one of them before the exec.
+    let fd = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nobody else owns.
+        .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })?;
     let fd = Arc::new(fd);
     guard.insert(path.to_path_buf(), fd.clone());
     Ok(fd)

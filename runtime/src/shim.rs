@@ -28,8 +28,10 @@ use crate::seccomp::SeccompProgram;
 use crate::spec::{ContainerSpec, Rootfs, Seccomp};
 use crate::state::{now_rfc3339, pid_start_time, ExitRecord, RunningRecord, StateDir};
 
-/// The argv[1] that selects this mode.
-pub(crate) const MODE: &str = "__berth-runtime-shim";
+/// The argv[1] that selects this mode. Versioned with the fds the caller passes: a shim and
+/// a caller from different builds (a long-running supervisor after an upgrade) refuse each
+/// other instead of misreading fd 4 (or, an older shim, starting without seccomp).
+pub(crate) const MODE: &str = "__berth-runtime-shim-2";
 /// The fd on which the caller waits for the [`ShimReport`].
 pub(crate) const REPORT_FD: i32 = 3;
 /// The fd on which the caller sends the compiled seccomp program (`SeccompProgram::to_bytes`)
@@ -46,6 +48,14 @@ pub(crate) fn main(args: &[String]) -> u8 {
     let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
     // SAFETY: likewise the seccomp pipe on fd 4.
     let seccomp = unsafe { OwnedFd::from_raw_fd(SECCOMP_FD) };
+    // dup2 cleared their close-on-exec flag: set it again, so neither reaches the workload
+    // even where the init's close_range(CLOEXEC) is missing (kernels before 5.11).
+    for fd in [&report, &seccomp] {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
     let _ = nix::unistd::setsid();
     // SAFETY: single-threaded (hidden modes run before any thread exists).
     match unsafe { fork() } {
@@ -149,20 +159,6 @@ fn start(state: &StateDir, seccomp_pipe: OwnedFd) -> Result<Running, ErrorChain>
     let caps = spec
         .capabilities()
         .map_err(|e| chain_of("invalid spec", &e))?;
-    let seccomp = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
-        // By now the caller has long written it: it compiles while this process starts.
-        // Docker's profile is ~3.5 KB: one read, not a series of growing ones.
-        let mut bytes = Vec::with_capacity(16 * 1024);
-        std::io::Read::read_to_end(&mut std::fs::File::from(seccomp_pipe), &mut bytes)
-            .map_err(|e| chain_of("cannot read the seccomp program", &e))?;
-        Some(
-            SeccompProgram::from_bytes(&bytes)
-                .map_err(|e| chain_of("no valid seccomp program from the caller", &e))?,
-        )
-    } else {
-        drop(seccomp_pipe);
-        None
-    };
     let log_path = spec.log.path.clone().unwrap_or_else(|| state.default_log());
     let log = LogWriter::open(
         &log_path,
@@ -185,6 +181,20 @@ fn start(state: &StateDir, seccomp_pipe: OwnedFd) -> Result<Running, ErrorChain>
         None
     };
 
+    let seccomp = if spec.seccomp == Seccomp::DockerDefault && !spec.privileged {
+        // Read last before the fork: the caller compiles it while this process starts.
+        // Docker's profile is ~3.5 KB: one read, not a series of growing ones.
+        let mut bytes = Vec::with_capacity(16 * 1024);
+        std::io::Read::read_to_end(&mut std::fs::File::from(seccomp_pipe), &mut bytes)
+            .map_err(|e| chain_of("cannot read the seccomp program", &e))?;
+        Some(
+            SeccompProgram::from_bytes(&bytes)
+                .map_err(|e| chain_of("no valid seccomp program from the caller", &e))?,
+        )
+    } else {
+        drop(seccomp_pipe);
+        None
+    };
     let cgroup = cgroups::open(spec.id.as_str()).map_err(|e| chain_of("cannot open cgroup", &e))?;
     match spawn_init(&spec, state, cgroup.as_ref(), caps, seccomp.as_ref()) {
         Ok((pid, stdout, stderr, stdin)) => {

@@ -90,23 +90,32 @@ impl StateDir {
 
     /// Atomic write: temp file in the same dir, fsync-free rename.
     pub fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+        Self::write_atomic(
+            path,
+            &serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
+        )
+    }
+
+    /// Atomic write of `bytes`: temp file in the same dir, fsync-free rename.
+    pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?,
-        )?;
+        std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)
     }
 }
 
 /// Reads a file under /proc. Its size shows as 0, so `std::fs::read_to_string` would read
 /// it in steps growing from 32 bytes (seven reads for mountinfo); one 8 KiB buffer takes
-/// most of them in one.
+/// most of them in one. Not UTF-8 is no error: a process names itself (`PR_SET_NAME`) and a mount point can be
+/// any bytes; such bytes read as U+FFFD, the fields berth parses are ASCII.
 pub(crate) fn read_proc(path: impl AsRef<Path>) -> std::io::Result<String> {
     use std::io::Read;
-    let mut text = String::with_capacity(8192);
-    std::fs::File::open(path)?.read_to_string(&mut text)?;
-    Ok(text)
+    let mut bytes = Vec::with_capacity(8192);
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 /// The fields of a `/proc/PID/stat` line from the third (state) on. The command name may
@@ -165,6 +174,32 @@ mod tests {
         child.wait().unwrap();
         assert!(!pid_alive(pid, start));
         assert_eq!(pid_start_time(pid), None);
+    }
+
+    /// A process may name itself in any bytes: it is still alive to berth (a non-UTF-8
+    /// name made `stop` time out on a running container).
+    #[test]
+    fn a_process_named_in_non_utf8_is_alive() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join(std::ffi::OsStr::from_bytes(b"sl\xffp"));
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut child = std::process::Command::new(&link).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // Once it has exec'd, its name is the link's.
+        while !std::fs::read(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .starts_with(b"sl\xff")
+        {
+            assert!(std::time::Instant::now() < deadline, "never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let start = pid_start_time(pid);
+        let alive = start.is_some_and(|s| pid_alive(pid, s));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(start.is_some() && alive, "start {start:?}, alive {alive}");
     }
 
     #[test]
