@@ -111,9 +111,10 @@ pub(crate) fn run(ctx: InitContext<'_>) -> Result<Infallible, InitError> {
     let spec = ctx.spec;
     // The namespaces first, while the shim creates the cgroup: a new network namespace is
     // the costliest step of a start, and the two overlap. (runc places its child before it
-    // unshares. Here the namespace objects themselves, a few KB of kernel memory, are
-    // charged to the shim's cgroup; all the container allocates later is its own.) The
-    // cgroup namespace waits for the cgroup.
+    // unshares. Here the namespace objects themselves, and the copy of the host's mount
+    // table until pivot_root drops it, are charged to the shim's cgroup; the rootfs mounts
+    // and all the container allocates later are its own.) The cgroup namespace waits for
+    // the cgroup.
     let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;

@@ -209,6 +209,9 @@ mod tests {
         let again = sealed_copy(&bin, &d.join("lower")).unwrap();
         let same = sealed_copy(&bin, &d.join("lower")).unwrap();
         assert_eq!(again.as_raw_fd(), same.as_raw_fd(), "cached");
+        // Above the fds a spawn dup2s into the shim (0-4), and still sealed.
+        assert!(again.as_raw_fd() >= 10, "fd {}", again.as_raw_fd());
+        assert_sealed(&again);
         let _ = std::fs::remove_dir_all(&d);
     }
 }

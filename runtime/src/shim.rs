@@ -28,9 +28,10 @@ use crate::seccomp::SeccompProgram;
 use crate::spec::{ContainerSpec, Rootfs, Seccomp};
 use crate::state::{now_rfc3339, pid_start_time, ExitRecord, RunningRecord, StateDir};
 
-/// The argv[1] that selects this mode. Versioned with the fds the caller passes: a shim and
-/// a caller from different builds (a long-running supervisor after an upgrade) refuse each
-/// other instead of misreading fd 4 (or, an older shim, starting without seccomp).
+/// The argv[1] that selects this mode. Versioned with the fds the caller passes (bump the
+/// suffix when they change): a shim and a caller with different fd protocols (a
+/// long-running supervisor after an upgrade) refuse each other instead of misreading fd 4
+/// (or, an older shim, starting without seccomp).
 pub(crate) const MODE: &str = "__berth-runtime-shim-2";
 /// The fd on which the caller waits for the [`ShimReport`].
 pub(crate) const REPORT_FD: i32 = 3;
@@ -49,7 +50,7 @@ pub(crate) fn main(args: &[String]) -> u8 {
     // SAFETY: likewise the seccomp pipe on fd 4.
     let seccomp = unsafe { OwnedFd::from_raw_fd(SECCOMP_FD) };
     // dup2 cleared their close-on-exec flag: set it again, so neither reaches the workload
-    // even where the init's close_range(CLOEXEC) is missing (kernels before 5.11).
+    // even if the init's close_range(CLOEXEC) fails (it needs Linux 5.11).
     for fd in [&report, &seccomp] {
         let _ = nix::fcntl::fcntl(
             fd,

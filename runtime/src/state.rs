@@ -98,7 +98,8 @@ impl StateDir {
 
     /// Atomic write of `bytes`: temp file in the same dir, fsync-free rename.
     pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
+        // Per process: two writers of one file never rename each other's half-written copy.
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)
     }
@@ -108,7 +109,7 @@ impl StateDir {
 /// it in steps growing from 32 bytes (seven reads for mountinfo); one 8 KiB buffer takes
 /// most of them in one. Not UTF-8 is no error: a process names itself (`PR_SET_NAME`) and a mount point can be
 /// any bytes; such bytes read as U+FFFD, the fields berth parses are ASCII.
-pub(crate) fn read_proc(path: impl AsRef<Path>) -> std::io::Result<String> {
+pub fn read_proc(path: impl AsRef<Path>) -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = Vec::with_capacity(8192);
     std::fs::File::open(path)?.read_to_end(&mut bytes)?;
@@ -181,10 +182,16 @@ mod tests {
     #[test]
     fn a_process_named_in_non_utf8_is_alive() {
         use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
         let d = tempfile::tempdir().unwrap();
         let link = d.path().join(std::ffi::OsStr::from_bytes(b"sl\xffp"));
         std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
-        let mut child = std::process::Command::new(&link).arg("5").spawn().unwrap();
+        // argv[0] "sleep" for multi-call binaries; the name comes from the file exec'd.
+        let mut child = std::process::Command::new(&link)
+            .arg0("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         // Once it has exec'd, its name is the link's.

@@ -96,7 +96,13 @@ pub(crate) fn run(
             // The command runs: tell the shim by closing our copy of its error pipe (every
             // fd above stdio is CLOEXEC, and PID 1 never execs, so close them here).
             // SAFETY: closes fds this process no longer needs; none is used after this.
-            unsafe { libc::close_range(3, u32::MAX, 0) };
+            if unsafe { libc::close_range(3, u32::MAX, 0) } != 0 {
+                // Before Linux 5.9: one by one (the init's fds are few and low).
+                for fd in 3..1024 {
+                    // SAFETY: as above.
+                    unsafe { libc::close(fd) };
+                }
+            }
             supervise(child)
         }
     }

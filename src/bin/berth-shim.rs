@@ -1,7 +1,7 @@
 //! `berth-shim`: the runtime's hidden single-threaded modes (per-container shim, exec
-//! helper, tiny init) in a binary of their own. berth copies its helper into a sealed memfd
-//! for every container it starts (CVE-2019-5736), so this binary stays small: it links
-//! only `berth-runtime`, not the CLI's async stack.
+//! helper, tiny init) in a binary of their own. berth execs its helper through a sealed view
+//! (CVE-2019-5736): a read-only overlay of its directory, else a sealed memfd copy of it, so
+//! this binary stays small: it links only `berth-runtime`, not the CLI's async stack.
 
 fn main() -> std::process::ExitCode {
     match berth_runtime::hidden_main() {

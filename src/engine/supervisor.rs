@@ -298,7 +298,7 @@ pub async fn shutdown(root: &Root, project: &str) -> Result<(), SupervisorError>
 }
 
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    berth_runtime::state::read_proc(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             s.rsplit_once(')')

@@ -868,7 +868,7 @@ pub fn top_rows(pid1: i32) -> Vec<TopRow> {
         {
             continue;
         }
-        let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(st) = berth_runtime::state::read_proc(format!("/proc/{pid}/stat")) else {
             continue;
         };
         let Some((head, rest)) = st.rsplit_once(')') else {
@@ -888,7 +888,7 @@ pub fn top_rows(pid1: i32) -> Vec<TopRow> {
         } else {
             0
         };
-        let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        let uid = berth_runtime::state::read_proc(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| {
                 s.lines()
