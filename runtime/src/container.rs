@@ -261,15 +261,37 @@ impl Runtime {
     /// Creates and starts a container; returns once its command runs (or the error chain
     /// from inside the new container). The container outlives this process.
     pub fn run(&self, spec: &ContainerSpec) -> Result<Container> {
+        self.run_holding(spec).map(|(c, _)| c)
+    }
+
+    /// [`Runtime::run`], and for an `auto_remove` container an [`ExitHold`] taken before the
+    /// start: however soon the container exits, its shim does not remove it (and its exit
+    /// record) until the hold is dropped. `docker run --rm` in the foreground: the
+    /// container removes itself even if the caller dies, and the caller still gets the code.
+    pub fn run_holding(&self, spec: &ContainerSpec) -> Result<(Container, Option<ExitHold>)> {
         spec.validate()?;
         let id = spec.id.as_str();
         let _span = info_span!("container_run", container = id).entered();
         let state = self.new_state_dir(id)?;
-        let result = self.start_in(&state, spec);
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(state.dir());
+        let hold = if spec.auto_remove {
+            match ExitHold::take(&state) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(state.dir());
+                    return Err(Self::err_state(id, &state.wait_lock())(e));
+                }
+            }
+        } else {
+            None
+        };
+        match self.start_in(&state, spec) {
+            Ok(c) => Ok((c, hold)),
+            Err(e) => {
+                drop(hold);
+                let _ = std::fs::remove_dir_all(state.dir());
+                Err(e)
+            }
         }
-        result
     }
 
     /// Creates a container without starting it (`docker create`): the spec is stored and
@@ -451,7 +473,10 @@ impl Runtime {
     /// Removes an exited container from inside its own shim (`auto_remove`): what
     /// [`Runtime::delete`] does after the shim is gone. Processes still in the cgroup (none
     /// normally: they die with the pid namespace's init) are killed first.
-    pub(crate) fn remove_exited(&self, id: &str) -> Result<()> {
+    /// Everything but the state dir goes first; `readers_done` then waits until nobody is
+    /// reading the exit record (the shim's exclusive lock), and the state dir goes last, so
+    /// a caller holding the record finishes its output while the cgroup and mounts go.
+    pub(crate) fn remove_exited(&self, id: &str, readers_done: impl FnOnce()) -> Result<()> {
         let cid = ContainerId::new(id).map_err(RuntimeError::Spec)?;
         let state = StateDir::new(&self.state_root, cid.as_str());
         let mut errors = Vec::new();
@@ -463,9 +488,11 @@ impl Runtime {
                 errors.push(ErrorChain::from_error(&e).to_string());
             }
         }
+        self.remove_outside_state(&state, cg, &mut errors);
+        readers_done();
         // On an error the state dir stays (with shim.log): the container shows as exited and
         // `rm` can try again, instead of leaving parts no one can find.
-        self.remove_parts(id, &state, cg, errors, true)
+        self.remove_state(id, &state, errors, true)
     }
 
     /// The cgroup, mounts under the state dir, the container's own dirs (`owned_dirs`) and
@@ -479,6 +506,17 @@ impl Runtime {
         mut errors: Vec<String>,
         keep_state_on_error: bool,
     ) -> Result<()> {
+        self.remove_outside_state(state, cg, &mut errors);
+        self.remove_state(id, state, errors, keep_state_on_error)
+    }
+
+    /// The cgroup, mounts under the state dir and the container's own dirs (`owned_dirs`).
+    fn remove_outside_state(
+        &self,
+        state: &StateDir,
+        cg: Option<Box<dyn cgroups::CgroupManager>>,
+        errors: &mut Vec<String>,
+    ) {
         let owned = StateDir::read_json::<ContainerSpec>(&state.spec())
             .ok()
             .flatten()
@@ -512,6 +550,17 @@ impl Runtime {
                 Err(e) => errors.push(format!("cannot remove {}: {e}", dir.display())),
             }
         }
+    }
+
+    /// The state dir (kept after an error with `keep_state_on_error`); `errors` so far are
+    /// reported with what fails here.
+    fn remove_state(
+        &self,
+        id: &str,
+        state: &StateDir,
+        mut errors: Vec<String>,
+        keep_state_on_error: bool,
+    ) -> Result<()> {
         if errors.is_empty() || !keep_state_on_error {
             match std::fs::remove_dir_all(state.dir()) {
                 Ok(()) => {}
@@ -566,6 +615,25 @@ fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
         if n == 0 || Instant::now() >= deadline {
             return false;
         }
+    }
+}
+
+/// A shared lock on an `auto_remove` container's `wait.lock` (see [`Runtime::run_holding`]):
+/// its shim removes the container only under an exclusive one.
+#[derive(Debug)]
+pub struct ExitHold(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl ExitHold {
+    fn take(state: &StateDir) -> std::io::Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(state.wait_lock())?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared)
+            .map(Self)
+            .map_err(|(_, e)| e.into())
     }
 }
 
@@ -821,6 +889,10 @@ impl Container {
                 } else if self.exit_record()?.is_none() {
                     return Err(self.not_running());
                 }
+                // exit.json follows PID 1's exit within a fraction of a millisecond: look
+                // again after 0.1 ms, then back off to 20 ms. (An inotify watch would wake
+                // at once, but closing one waits for an SRCU grace period: 5-8 ms here.)
+                let mut pause = Duration::from_micros(100);
                 loop {
                     if let Some(e) = self.exit_record()? {
                         return Ok(e);
@@ -832,12 +904,29 @@ impl Container {
                     if !shim_alive {
                         return Err(RuntimeError::ShimGone { id: id.clone() });
                     }
-                    if Instant::now() >= deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
                         return Err(RuntimeError::Timeout { id: id.clone() });
                     }
-                    std::thread::sleep(Duration::from_millis(2));
+                    std::thread::sleep(left.min(pause));
+                    pause = (pause * 2).min(Duration::from_millis(20));
                 }
             })
+    }
+
+    /// For an `auto_remove` container whose exit has been read (and every [`ExitHold`]
+    /// dropped): waits up to `timeout` for its shim to finish removing it. `Ok(false)` when
+    /// the shim is gone but the container is not (the removal failed, `shim.log` says why):
+    /// [`Runtime::delete`] can try again and report it.
+    pub fn wait_removed(&self, timeout: Duration) -> Result<bool> {
+        if let Some(r) = &self.running {
+            if pid_alive(r.shim_pid, r.shim_start) && !wait_pid_exit(r.shim_pid, timeout) {
+                return Err(RuntimeError::Timeout {
+                    id: self.spec.id.to_string(),
+                });
+            }
+        }
+        Ok(!self.state.dir().exists())
     }
 
     /// Runs a process inside the running container and captures its output (with

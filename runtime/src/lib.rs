@@ -50,7 +50,9 @@ mod tty;
 pub mod user;
 
 pub use attach::{Attach, AttachEnd};
-pub use container::{default_helper, Container, Runtime, RuntimeError, Status, HELPER_NAME};
+pub use container::{
+    default_helper, Container, ExitHold, Runtime, RuntimeError, Status, HELPER_NAME,
+};
 pub use exec::{ExecOutput, ExecSpec};
 pub use protocol::ErrorChain;
 pub use rootfs::{MASKED_PATHS, READONLY_PATHS};

@@ -102,20 +102,24 @@ pub(crate) fn main(args: &[String]) -> u8 {
             let auto_remove = running.auto_remove;
             supervise(&state, running);
             if auto_remove {
-                // Waiters read exit.json under a shared lock: remove once none is reading.
-                let _readers_done = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(state.wait_lock())
-                    .ok()
-                    .and_then(|f| {
-                        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
-                    });
+                // Waiters read exit.json under a shared lock: the state dir goes once none
+                // is reading (the lock is held until the shim exits).
+                let mut readers_done = None;
+                let wait_readers = || {
+                    readers_done = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(state.wait_lock())
+                        .ok()
+                        .and_then(|f| {
+                            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
+                        });
+                };
                 // We are the shim `delete` would wait for: remove the rest ourselves.
                 let rt = crate::Runtime::new(Path::new(root));
-                if let Err(e) = rt.remove_exited(id) {
+                if let Err(e) = rt.remove_exited(id, wait_readers) {
                     eprintln!(
                         "berth shim: auto-remove {id}: {}",
                         ErrorChain::from_error(&e)

@@ -432,9 +432,10 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
     }
     let mut spec = ContainerSpec::new(id, rootfs, args);
     spec.owned_dirs = owned_dirs;
-    // Detached, the shim removes it once it exits (`docker run -d --rm`); in the foreground
-    // berth does, after taking the exit code.
-    spec.auto_remove = a.rm && a.detach;
+    // `--rm`: the shim removes the container once it has exited, as Docker's daemon does
+    // (`AutoRemove`), so it goes even if berth is killed; in the foreground berth holds the
+    // exit record until it has read the code.
+    spec.auto_remove = a.rm;
     spec.env = env;
     spec.env.extend(expand_env(&a.env));
     spec.user = a.user.clone().or(user);
@@ -480,8 +481,8 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
     } else {
         berth_runtime::CaughtSignals::install(&PROXIED)
     };
-    let c = match rt.run(&spec) {
-        Ok(c) => c,
+    let (c, hold) = match rt.run_holding(&spec) {
+        Ok(started) => started,
         Err(e) => {
             for dir in &spec.owned_dirs {
                 let _ = std::fs::remove_dir_all(dir);
@@ -490,6 +491,7 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
         }
     };
     if a.detach {
+        drop(hold);
         println!("{name}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -501,7 +503,14 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
             // stop it, briefly, to remove it.
             let _ = c.stop(Duration::from_secs(2));
         }
-        let removed = remove(rt, c);
+        // The code is read: let the shim remove it, and return once it is gone.
+        drop(hold);
+        let removed = match c.wait_removed(Duration::from_secs(10)) {
+            Ok(true) => Ok(()),
+            // The shim could not (shim.log says why) or is stuck: remove it here, and say
+            // what fails.
+            Ok(false) | Err(_) => remove(rt, c),
+        };
         if ended.is_ok() {
             removed?;
         }

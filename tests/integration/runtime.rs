@@ -2215,3 +2215,73 @@ fn container_run_detached_rm_removes_itself_on_exit() {
     eventually(Duration::from_secs(5), || gone(rw.clone()));
     fx.finish();
 }
+
+/// `container run --rm` in the foreground, as `docker run --rm` (whose daemon removes the
+/// container): berth killed with SIGKILL while the container runs leaves nothing behind once
+/// the container exits; an undisturbed run still ends with the container's code and is gone
+/// when berth returns.
+#[test]
+fn container_run_rm_is_removed_even_when_berth_is_killed() {
+    crate::require_root!();
+    let fx = setup("rt-rmkill");
+    let env = fx.env.as_ref().expect("env");
+    let rootfs = fx.rootfs.to_string_lossy().into_owned();
+    let (code, out, err) = env.run(&[
+        "container",
+        "run",
+        "--rm",
+        "--name",
+        "bt-rmok",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        "echo out; exit 7",
+    ]);
+    assert_eq!((code, out.as_str()), (7, "out\n"), "{err}");
+    assert!(
+        !env.root.join("containers/bt-rmok").exists(),
+        "removed on return"
+    );
+
+    let mut cli = env
+        .berth()
+        .args([
+            "container",
+            "run",
+            "--rm",
+            "--name",
+            "bt-rmkill",
+            "--rootfs",
+            &rootfs,
+            "sh",
+            "-c",
+            "sleep 2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(5), || {
+        match env.ok(&["container", "ls", "-q"]).contains("bt-rmkill") {
+            true => Ok(()),
+            false => Err("not running yet".to_string()),
+        }
+    });
+    // SIGKILL: berth can neither stop nor remove it.
+    cli.kill().unwrap();
+    cli.wait().unwrap();
+    let ls = env.ok(&["container", "ls", "-q"]);
+    assert!(
+        ls.contains("bt-rmkill"),
+        "still runs after berth died: {ls}"
+    );
+    eventually(Duration::from_secs(10), || {
+        match env.ok(&["container", "ls", "-a", "-q"]).trim() {
+            "" => Ok(()),
+            left => Err(format!("still listed: {left}")),
+        }
+    });
+    assert!(!env.root.join("containers/bt-rmkill").exists());
+    fx.finish();
+}
