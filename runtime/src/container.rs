@@ -265,9 +265,10 @@ impl Runtime {
     }
 
     /// [`Runtime::run`], and for an `auto_remove` container an [`ExitHold`] taken before the
-    /// start: however soon the container exits, its shim does not remove it (and its exit
-    /// record) until the hold is dropped. `docker run --rm` in the foreground: the
-    /// container removes itself even if the caller dies, and the caller still gets the code.
+    /// start: however soon the container exits, its shim keeps the state dir (the exit
+    /// record and the log) until the hold is dropped; the cgroup, mounts and writable layer
+    /// may go before. `docker run --rm` in the foreground: the container removes itself
+    /// even if the caller dies, and the caller still gets the code.
     pub fn run_holding(&self, spec: &ContainerSpec) -> Result<(Container, Option<ExitHold>)> {
         spec.validate()?;
         let id = spec.id.as_str();
@@ -333,6 +334,15 @@ impl Runtime {
     fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<Container> {
         let id = spec.id.as_str();
         StateDir::write_json(&state.spec(), spec).map_err(Self::err_state(id, &state.spec()))?;
+        if spec.auto_remove {
+            // Before the shim exists: waiters never create it (see `wait_removing`).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(state.wait_lock())
+                .map_err(Self::err_state(id, &state.wait_lock()))?;
+        }
         let seccomp_err = |source| RuntimeError::Seccomp {
             id: id.to_string(),
             source,
@@ -476,7 +486,11 @@ impl Runtime {
     /// Everything but the state dir goes first; `readers_done` then waits until nobody is
     /// reading the exit record (the shim's exclusive lock), and the state dir goes last, so
     /// a caller holding the record finishes its output while the cgroup and mounts go.
-    pub(crate) fn remove_exited(&self, id: &str, readers_done: impl FnOnce()) -> Result<()> {
+    pub(crate) fn remove_exited(
+        &self,
+        id: &str,
+        readers_done: impl FnOnce() -> bool,
+    ) -> Result<()> {
         let cid = ContainerId::new(id).map_err(RuntimeError::Spec)?;
         let state = StateDir::new(&self.state_root, cid.as_str());
         let mut errors = Vec::new();
@@ -489,7 +503,12 @@ impl Runtime {
             }
         }
         self.remove_outside_state(&state, cg, &mut errors);
-        readers_done();
+        if !readers_done() {
+            errors.push(format!(
+                "cannot lock {}: the state dir stays",
+                state.wait_lock().display()
+            ));
+        }
         // On an error the state dir stays (with shim.log): the container shows as exited and
         // `rm` can try again, instead of leaving parts no one can find.
         self.remove_state(id, &state, errors, true)
@@ -619,7 +638,7 @@ fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
 }
 
 /// A shared lock on an `auto_remove` container's `wait.lock` (see [`Runtime::run_holding`]):
-/// its shim removes the container only under an exclusive one.
+/// its shim removes the state dir only under an exclusive one.
 #[derive(Debug)]
 pub struct ExitHold(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
@@ -864,11 +883,10 @@ impl Container {
     fn wait_removing(&self, timeout: Option<Duration>) -> Result<ExitRecord> {
         let id = self.spec.id.to_string();
         let removed = || RuntimeError::Removed { id: id.clone() };
+        // Made with the state dir (`Runtime::run_holding`): not re-created here, where it
+        // could reappear in a dir the shim is removing and keep the dir from going.
         let lock = std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
             .open(self.state.wait_lock())
             .map_err(|_| removed())?;
         nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockShared)

@@ -100,10 +100,12 @@ pub(crate) fn main(args: &[String]) -> u8 {
                 libc::malloc_trim(0);
             }
             let auto_remove = running.auto_remove;
-            supervise(&state, running);
-            if auto_remove {
+            // Without an exit record (a full disk), nothing is removed: waiters see the
+            // shim gone (`ShimGone`), and whoever removes it later has the state dir.
+            if supervise(&state, running) && auto_remove {
                 // Waiters read exit.json under a shared lock: the state dir goes once none
-                // is reading (the lock is held until the shim exits).
+                // is reading (the lock is held until the shim exits). If the lock cannot be
+                // had, the state dir stays.
                 let mut readers_done = None;
                 let wait_readers = || {
                     readers_done = std::fs::OpenOptions::new()
@@ -116,6 +118,7 @@ pub(crate) fn main(args: &[String]) -> u8 {
                         .and_then(|f| {
                             nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
                         });
+                    readers_done.is_some()
                 };
                 // We are the shim `delete` would wait for: remove the rest ourselves.
                 let rt = crate::Runtime::new(Path::new(root));
@@ -149,7 +152,7 @@ struct Running {
     log: LogWriter,
     /// The attach socket (`crate::attach`), with a tty or `open_stdin`.
     attach: Option<crate::attach::Server>,
-    /// Remove the container once it has exited (`run -d --rm`).
+    /// Remove the container once it has exited (`run --rm`).
     auto_remove: bool,
 }
 
@@ -350,7 +353,8 @@ fn spawn_init(
     }
 }
 
-fn supervise(state: &StateDir, mut r: Running) {
+/// Returns whether the exit record was written.
+fn supervise(state: &StateDir, mut r: Running) -> bool {
     pump_logs(&mut r);
     let status = loop {
         match waitpid(Pid::from_raw(r.pid), None) {
@@ -380,12 +384,17 @@ fn supervise(state: &StateDir, mut r: Running) {
         finished_at: now_rfc3339(),
     };
     debug!(?exit, "container exited");
-    if let Err(e) = StateDir::write_json(&state.exit(), &exit) {
-        eprintln!("berth shim: cannot write exit.json: {e}");
-    }
+    let recorded = match StateDir::write_json(&state.exit(), &exit) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("berth shim: cannot write exit.json: {e}");
+            false
+        }
+    };
     if let Some(a) = &mut r.attach {
         a.finish(std::time::Duration::from_secs(5));
     }
+    recorded
 }
 
 /// Copies both pipes into the log until both reach EOF (when every process holding them,

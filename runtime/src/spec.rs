@@ -265,7 +265,7 @@ pub struct ContainerSpec {
     /// Directories of this container alone (its writable layer), removed with it.
     #[serde(default)]
     pub owned_dirs: Vec<PathBuf>,
-    /// The shim removes the container once it has exited (`docker run -d --rm`).
+    /// The shim removes the container once it has exited (`docker run --rm`).
     #[serde(default)]
     pub auto_remove: bool,
 }

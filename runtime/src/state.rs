@@ -72,8 +72,8 @@ impl StateDir {
     pub fn shim_log(&self) -> PathBuf {
         self.dir.join("shim.log")
     }
-    /// With `auto_remove`: waiters hold a shared flock on it while they read `exit.json`,
-    /// the shim takes it exclusively before removing the container.
+    /// With `auto_remove`: made with the state dir; waiters hold a shared flock on it while
+    /// they read `exit.json`, the shim takes it exclusively before removing the state dir.
     pub fn wait_lock(&self) -> PathBuf {
         self.dir.join("wait.lock")
     }

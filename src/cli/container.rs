@@ -611,7 +611,7 @@ fn print_logs(
         }
         let done = !follow || matches!(c.status()?, Status::Exited(_) | Status::Dead);
         // The file stays open between rounds: the lines of a container that removes itself
-        // (`-d --rm`) are still read to the end. Once read through, a new file at the path
+        // (`--rm`) are still read to the end. Once read through, a new file at the path
         // (rotation) is followed from its start.
         loop {
             if file.is_none() {

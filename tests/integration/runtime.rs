@@ -2256,7 +2256,7 @@ fn container_run_rm_is_removed_even_when_berth_is_killed() {
             &rootfs,
             "sh",
             "-c",
-            "sleep 2",
+            "sleep 5",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -2276,12 +2276,14 @@ fn container_run_rm_is_removed_even_when_berth_is_killed() {
         ls.contains("bt-rmkill"),
         "still runs after berth died: {ls}"
     );
-    eventually(Duration::from_secs(10), || {
-        match env.ok(&["container", "ls", "-a", "-q"]).trim() {
-            "" => Ok(()),
-            left => Err(format!("still listed: {left}")),
+    eventually(Duration::from_secs(15), || {
+        match (
+            env.ok(&["container", "ls", "-a", "-q"]).trim(),
+            env.root.join("containers/bt-rmkill").exists(),
+        ) {
+            ("", false) => Ok(()),
+            (left, dir) => Err(format!("still listed: {left:?}, state dir left: {dir}")),
         }
     });
-    assert!(!env.root.join("containers/bt-rmkill").exists());
     fx.finish();
 }
