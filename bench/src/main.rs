@@ -850,7 +850,7 @@ fn section_rss(opts: &Opts, work: &Path, layout: Option<&Path>, r: &mut Report) 
     for _ in 0..opts.runs.clamp(1, 3) {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let sup = procs_mem(&["__supervise", "rss10"]);
-        let shims = procs_mem(&["__berth-runtime-shim-2", &root_s]);
+        let shims = procs_mem(&[berth_runtime::SHIM_MODE, &root_s]);
         (nsup, nshim) = (sup.len(), shims.len());
         let sum = |v: &[Mem], f: fn(&Mem) -> u64| v.iter().map(f).sum::<u64>();
         let (sr, hr) = (sum(&sup, |m| m.rss), sum(&shims, |m| m.rss));

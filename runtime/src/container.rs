@@ -305,6 +305,14 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(state.dir());
             return Err(Self::err_state(id, &state.spec())(e));
         }
+        // Made with the state dir, before any shim: waiters never create it (see
+        // `wait_removing`). `run_holding` makes it with its hold.
+        if spec.auto_remove {
+            if let Err(e) = state.open_wait_lock(true) {
+                let _ = std::fs::remove_dir_all(state.dir());
+                return Err(Self::err_state(id, &state.wait_lock())(e));
+            }
+        }
         self.get(id)
     }
 
@@ -334,15 +342,6 @@ impl Runtime {
     fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<Container> {
         let id = spec.id.as_str();
         StateDir::write_json(&state.spec(), spec).map_err(Self::err_state(id, &state.spec()))?;
-        if spec.auto_remove {
-            // Before the shim exists: waiters never create it (see `wait_removing`).
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(state.wait_lock())
-                .map_err(Self::err_state(id, &state.wait_lock()))?;
-        }
         let seccomp_err = |source| RuntimeError::Seccomp {
             id: id.to_string(),
             source,
@@ -644,15 +643,12 @@ pub struct ExitHold(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
 impl ExitHold {
     fn take(state: &StateDir) -> std::io::Result<Self> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(state.wait_lock())?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared)
-            .map(Self)
-            .map_err(|(_, e)| e.into())
+        nix::fcntl::Flock::lock(
+            state.open_wait_lock(true)?,
+            nix::fcntl::FlockArg::LockShared,
+        )
+        .map(Self)
+        .map_err(|(_, e)| e.into())
     }
 }
 
@@ -885,10 +881,7 @@ impl Container {
         let removed = || RuntimeError::Removed { id: id.clone() };
         // Made with the state dir (`Runtime::run_holding`): not re-created here, where it
         // could reappear in a dir the shim is removing and keep the dir from going.
-        let lock = std::fs::OpenOptions::new()
-            .read(true)
-            .open(self.state.wait_lock())
-            .map_err(|_| removed())?;
+        let lock = self.state.open_wait_lock(false).map_err(|_| removed())?;
         nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockShared)
             .map_err(|_| removed())
             .and_then(|_held| {

@@ -87,12 +87,6 @@ pub(crate) fn main(args: &[String]) -> u8 {
     };
     // SAFETY: `Container::exec` dup'ed the report pipe to fd 3 for us.
     let report = unsafe { OwnedFd::from_raw_fd(crate::shim::REPORT_FD) };
-    // dup2 cleared its close-on-exec flag: set it again, so it cannot reach the process run
-    // in the container (which would hold the caller's report open) without close_range.
-    let _ = nix::fcntl::fcntl(
-        &report,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
     let state = StateDir::new(Path::new(root), id);
     match run(&state, json) {
         Ok(code) => code.clamp(0, 255) as u8,

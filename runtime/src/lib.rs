@@ -56,6 +56,8 @@ pub use container::{
 pub use exec::{ExecOutput, ExecSpec};
 pub use protocol::ErrorChain;
 pub use rootfs::{MASKED_PATHS, READONLY_PATHS};
+/// argv[1] of a running shim (how `ps`-style tools, the bench, find shims).
+pub use shim::MODE as SHIM_MODE;
 pub use spec::{
     ContainerId, ContainerSpec, Limits, LogConfig, Mount, Network, Rlimit, Rootfs, Seccomp,
 };
@@ -74,7 +76,20 @@ pub fn hidden_main() -> Option<u8> {
         .skip(2)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    match mode.to_str()? {
+    let mode = mode.to_str()?;
+    // The caller's dup2 cleared the close-on-exec flag of the fds it passed (3: report;
+    // 4: the shim's seccomp program): set it again, so none reaches the workload even if
+    // the init's close_range(CLOEXEC) fails (it needs Linux 5.11).
+    let passed: &[i32] = match mode {
+        shim::MODE => &[shim::REPORT_FD, shim::SECCOMP_FD],
+        exec::MODE => &[shim::REPORT_FD],
+        _ => &[],
+    };
+    for &fd in passed {
+        // SAFETY: fcntl on an integer fd changes only its flags.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    match mode {
         shim::MODE => Some(shim::main(&rest)),
         exec::MODE => Some(exec::main(&rest)),
         _ => None,

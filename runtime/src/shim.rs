@@ -32,7 +32,7 @@ use crate::state::{now_rfc3339, pid_start_time, ExitRecord, RunningRecord, State
 /// suffix when they change): a shim and a caller with different fd protocols (a
 /// long-running supervisor after an upgrade) refuse each other instead of misreading fd 4
 /// (or, an older shim, starting without seccomp).
-pub(crate) const MODE: &str = "__berth-runtime-shim-2";
+pub const MODE: &str = "__berth-runtime-shim-2";
 /// The fd on which the caller waits for the [`ShimReport`].
 pub(crate) const REPORT_FD: i32 = 3;
 /// The fd on which the caller sends the compiled seccomp program (`SeccompProgram::to_bytes`)
@@ -49,14 +49,6 @@ pub(crate) fn main(args: &[String]) -> u8 {
     let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
     // SAFETY: likewise the seccomp pipe on fd 4.
     let seccomp = unsafe { OwnedFd::from_raw_fd(SECCOMP_FD) };
-    // dup2 cleared their close-on-exec flag: set it again, so neither reaches the workload
-    // even if the init's close_range(CLOEXEC) fails (it needs Linux 5.11).
-    for fd in [&report, &seccomp] {
-        let _ = nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        );
-    }
     let _ = nix::unistd::setsid();
     // SAFETY: single-threaded (hidden modes run before any thread exists).
     match unsafe { fork() } {
@@ -108,16 +100,9 @@ pub(crate) fn main(args: &[String]) -> u8 {
                 // had, the state dir stays.
                 let mut readers_done = None;
                 let wait_readers = || {
-                    readers_done = std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .open(state.wait_lock())
-                        .ok()
-                        .and_then(|f| {
-                            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
-                        });
+                    readers_done = state.open_wait_lock(true).ok().and_then(|f| {
+                        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
+                    });
                     readers_done.is_some()
                 };
                 // We are the shim `delete` would wait for: remove the rest ourselves.

@@ -78,6 +78,16 @@ impl StateDir {
         self.dir.join("wait.lock")
     }
 
+    /// Opens [`wait_lock`](Self::wait_lock) for flock, creating it if `create`.
+    pub fn open_wait_lock(&self, create: bool) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(create)
+            .create(create)
+            .truncate(false)
+            .open(self.wait_lock())
+    }
+
     pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
         match std::fs::read(path) {
             Ok(b) => serde_json::from_slice(&b)
@@ -107,8 +117,8 @@ impl StateDir {
 
 /// Reads a file under /proc. Its size shows as 0, so `std::fs::read_to_string` would read
 /// it in steps growing from 32 bytes (seven reads for mountinfo); one 8 KiB buffer takes
-/// most of them in one. Not UTF-8 is no error: a process names itself (`PR_SET_NAME`) and a mount point can be
-/// any bytes; such bytes read as U+FFFD, the fields berth parses are ASCII.
+/// most of them in one. Not UTF-8 is no error: a process names itself (`PR_SET_NAME`) and a
+/// mount point can be any bytes; such bytes read as U+FFFD, the fields berth parses are ASCII.
 pub fn read_proc(path: impl AsRef<Path>) -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = Vec::with_capacity(8192);

@@ -60,11 +60,14 @@ pub struct GlobalOpts {
     pub verbose: u8,
 }
 
+/// The top of `berth --help`, shared by [`Cli`] and [`ContainerCli`].
+const ABOUT: &str = "Compose-style multi-container orchestrator with its own container runtime";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
     version,
-    about = "Compose-style multi-container orchestrator with its own container runtime"
+    about = ABOUT
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -99,14 +102,14 @@ pub enum Command {
 }
 
 /// `berth container …` alone: clap builds the definition of every subcommand before it
-/// parses, and the compose verbs' are most of it (~0.3 ms of each `container run`). The
+/// parses, and the compose verbs' are most of it (0.1-0.3 ms of CPU per command). The
 /// same name, version and `container` subcommand as [`Cli`], so help and errors read the
 /// same (a unit test compares them).
 #[derive(Debug, Parser)]
 #[command(
     name = "berth",
     version,
-    about = "Compose-style multi-container orchestrator with its own container runtime"
+    about = ABOUT
 )]
 struct ContainerCli {
     #[command(flatten)]
