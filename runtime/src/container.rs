@@ -286,7 +286,13 @@ impl Runtime {
             None
         };
         match self.start_in(&state, spec) {
-            Ok(c) => Ok((c, hold)),
+            Ok((c, removed)) => Ok((
+                c,
+                hold.map(|h| ExitHold {
+                    removed: Some(removed),
+                    ..h
+                }),
+            )),
             Err(e) => {
                 drop(hold);
                 let _ = std::fs::remove_dir_all(state.dir());
@@ -336,10 +342,11 @@ impl Runtime {
             return Err(RuntimeError::AlreadyExists { id: id.to_string() });
         }
         let _span = info_span!("container_start", container = id).entered();
-        self.start_in(&c.state, &c.spec)
+        self.start_in(&c.state, &c.spec).map(|(c, _)| c)
     }
 
-    fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<Container> {
+    /// Starts the shim; gives the container and the read end of its removal notice.
+    fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<(Container, OwnedFd)> {
         let id = spec.id.as_str();
         StateDir::write_json(&state.spec(), spec).map_err(Self::err_state(id, &state.spec()))?;
         let seccomp_err = |source| RuntimeError::Seccomp {
@@ -361,6 +368,7 @@ impl Runtime {
             || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()));
         let (r, w) = pipe()?;
         let (seccomp_r, seccomp_w) = pipe()?;
+        let (removed_r, removed_w) = pipe()?;
         let root = self.state_root.to_string_lossy().into_owned();
         let shim_log = std::fs::File::create(state.shim_log())
             .map_err(Self::err_state(id, &state.shim_log()))?;
@@ -374,10 +382,10 @@ impl Runtime {
                 crate::shim::MODE,
                 &[&root, id],
                 [null.as_fd(), null.as_fd(), shim_log.as_fd()],
-                &[w.as_fd(), seccomp_r.as_fd()],
+                &[w.as_fd(), seccomp_r.as_fd(), removed_w.as_fd()],
             )
             .map_err(spawn_err)?;
-        drop((w, seccomp_r));
+        drop((w, seccomp_r, removed_w));
         // The seccomp program is compiled (once per process) while the shim execs and reads
         // its spec: it comes down a pipe, and goes to the state dir for `exec`. If this
         // fails, the pipe closes empty and the shim gives up.
@@ -399,7 +407,7 @@ impl Runtime {
         match report {
             Ok(Some(ShimReport::Started { pid })) => {
                 debug!(pid, "container started");
-                self.get(id)
+                self.get(id).map(|c| (c, removed_r))
             }
             Ok(Some(ShimReport::Failed { chain })) => Err(RuntimeError::Start {
                 id: id.to_string(),
@@ -617,6 +625,12 @@ fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
     }
     // SAFETY: new fd owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    wait_readable(fd.as_fd(), timeout)
+}
+
+/// Whether `fd` turns readable (a pidfd whose process ended, a pipe at EOF) within
+/// `timeout`.
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -637,9 +651,15 @@ fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
 }
 
 /// A shared lock on an `auto_remove` container's `wait.lock` (see [`Runtime::run_holding`]):
-/// its shim removes the state dir only under an exclusive one.
+/// its shim removes the state dir only under an exclusive one. Released by dropping it or
+/// by [`Container::wait_removed`].
 #[derive(Debug)]
-pub struct ExitHold(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+pub struct ExitHold {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    /// The read end of the shim's removal notice (`shim::REMOVED_FD`): EOF once the shim
+    /// has removed the container, or has ended.
+    removed: Option<OwnedFd>,
+}
 
 impl ExitHold {
     fn take(state: &StateDir) -> std::io::Result<Self> {
@@ -647,7 +667,10 @@ impl ExitHold {
             state.open_wait_lock(true)?,
             nix::fcntl::FlockArg::LockShared,
         )
-        .map(Self)
+        .map(|lock| Self {
+            _lock: lock,
+            removed: None,
+        })
         .map_err(|(_, e)| e.into())
     }
 }
@@ -929,9 +952,18 @@ impl Container {
     /// dropped): waits up to `timeout` for its shim to finish removing it. `Ok(false)` when
     /// the shim is gone but the container is not (the removal failed, `shim.log` says why):
     /// [`Runtime::delete`] can try again and report it.
-    pub fn wait_removed(&self, timeout: Duration) -> Result<bool> {
+    ///
+    /// `hold`, the one [`Runtime::run_holding`] gave, is released here; its removal notice
+    /// then returns as soon as the container is gone, without waiting for the shim's own
+    /// exit (~0.3 ms of `run --rm` here: freeing the process, the last close of its log).
+    pub fn wait_removed(&self, hold: Option<ExitHold>, timeout: Duration) -> Result<bool> {
+        let notice = hold.and_then(|h| h.removed);
         if let Some(r) = &self.running {
-            if pid_alive(r.shim_pid, r.shim_start) && !wait_pid_exit(r.shim_pid, timeout) {
+            let done = match &notice {
+                Some(fd) => wait_readable(fd.as_fd(), timeout),
+                None => !pid_alive(r.shim_pid, r.shim_start) || wait_pid_exit(r.shim_pid, timeout),
+            };
+            if !done {
                 return Err(RuntimeError::Timeout {
                     id: self.spec.id.to_string(),
                 });

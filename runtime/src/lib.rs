@@ -78,10 +78,10 @@ pub fn hidden_main() -> Option<u8> {
         .collect();
     let mode = mode.to_str()?;
     // The caller's dup2 cleared the close-on-exec flag of the fds it passed (3: report;
-    // 4: the shim's seccomp program): set it again, so none reaches the workload even if
+    // 4 and 5: the shim's seccomp program and removal notice): set it again, so none reaches the workload even if
     // the init's close_range(CLOEXEC) fails (it needs Linux 5.11).
     let passed: &[i32] = match mode {
-        shim::MODE => &[shim::REPORT_FD, shim::SECCOMP_FD],
+        shim::MODE => &[shim::REPORT_FD, shim::SECCOMP_FD, shim::REMOVED_FD],
         exec::MODE => &[shim::REPORT_FD],
         _ => &[],
     };

@@ -1,8 +1,10 @@
 //! The per-container shim: berth's own binary in a hidden, single-threaded mode, the parent of
 //! the container for its whole life.
 //!
-//! Takes `<state root> <id>` on argv, a report pipe on fd 3 and the seccomp program's pipe
-//! on fd 4 from `Runtime::run`, gives a running container: it detaches (setsid + a second
+//! Takes `<state root> <id>` on argv, a report pipe on fd 3, the seccomp program's pipe on
+//! fd 4 and the write end of a removal notice on fd 5 (closed once an `auto_remove`
+//! container is gone, so its caller need not wait for this process's own exit) from
+//! `Runtime::run`, gives a running container: it detaches (setsid + a second
 //! fork, so the caller can reap the first process at once and the shim survives the
 //! caller's death), becomes a child subreaper, forks the container init into a new pid
 //! namespace (unshare(NEWPID) before fork makes the child PID 1), creates the cgroup while
@@ -32,12 +34,15 @@ use crate::state::{now_rfc3339, pid_start_time, ExitRecord, RunningRecord, State
 /// suffix when they change): a shim and a caller with different fd protocols (a
 /// long-running supervisor after an upgrade) refuse each other instead of misreading fd 4
 /// (or, an older shim, starting without seccomp).
-pub const MODE: &str = "__berth-runtime-shim-2";
+pub const MODE: &str = "__berth-runtime-shim-3";
 /// The fd on which the caller waits for the [`ShimReport`].
 pub(crate) const REPORT_FD: i32 = 3;
 /// The fd on which the caller sends the compiled seccomp program (`SeccompProgram::to_bytes`)
 /// and closes; read only when the spec asks for seccomp.
 pub(crate) const SECCOMP_FD: i32 = 4;
+/// The write end of a pipe the caller keeps the read end of: closed as soon as an
+/// `auto_remove` container has been removed (else when the shim ends). Never written to.
+pub(crate) const REMOVED_FD: i32 = 5;
 
 /// Shim entry point; returns the process exit code.
 pub(crate) fn main(args: &[String]) -> u8 {
@@ -49,6 +54,8 @@ pub(crate) fn main(args: &[String]) -> u8 {
     let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
     // SAFETY: likewise the seccomp pipe on fd 4.
     let seccomp = unsafe { OwnedFd::from_raw_fd(SECCOMP_FD) };
+    // SAFETY: likewise the removal notice on fd 5.
+    let removed_notice = unsafe { OwnedFd::from_raw_fd(REMOVED_FD) };
     let _ = nix::unistd::setsid();
     // SAFETY: single-threaded (hidden modes run before any thread exists).
     match unsafe { fork() } {
@@ -115,6 +122,9 @@ pub(crate) fn main(args: &[String]) -> u8 {
                     return 1;
                 }
                 debug!(id, "container removed after its exit");
+                // The caller waits for this, not for the rest of our exit (freeing this
+                // process, the last close of the log's unlinked inode).
+                drop(removed_notice);
             }
             0
         }

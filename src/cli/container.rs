@@ -504,8 +504,7 @@ fn run_container(root: &Root, rt: &Runtime, a: RunArgs) -> anyhow::Result<ExitCo
             let _ = c.stop(Duration::from_secs(2));
         }
         // The code is read: let the shim remove it, and return once it is gone.
-        drop(hold);
-        let removed = match c.wait_removed(Duration::from_secs(10)) {
+        let removed = match c.wait_removed(hold, Duration::from_secs(10)) {
             Ok(true) => Ok(()),
             // The shim could not (shim.log says why) or is stuck: remove it here, and say
             // what fails.

@@ -1,9 +1,16 @@
 //! Command-line interface: clap definitions and dispatch, one file per verb group.
 //!
-//! Takes argv, gives an exit code. `main` first hands the process to the runtime's hidden
-//! single-threaded modes (container init, shim) before any thread exists, then builds the
-//! tokio runtime. Errors are `anyhow` with context here, at the edge; libraries use
-//! `thiserror`. `render` is the only place that prints results.
+//! Takes argv, gives an exit code. Two entry points, one per binary:
+//! - [`front_main`], the `berth` binary: the runtime's hidden single-threaded modes, then
+//!   `berth container …`, synchronous and without the async stack; any other command is
+//!   exec'd, unchanged, in `berth-full` beside it ([`FULL_NAME`]). A container's start→exit
+//!   time includes the CLI's own start-up, which grows with the binary: `berth` is ~3 MB,
+//!   where the whole CLI is ~17 MB (bench section 1).
+//! - [`main`], the `berth-full` binary: the hidden modes and the supervisor, then every
+//!   command (the tokio runtime for all but `container`).
+//!
+//! Errors are `anyhow` with context here, at the edge; libraries use `thiserror`. `render`
+//! is the only place that prints results.
 
 pub mod compose;
 pub mod config;
@@ -125,7 +132,66 @@ enum ContainerOnly {
     Container(container::ContainerCommand),
 }
 
-/// Entry point of the `berth` binary.
+/// File name of the binary with the whole CLI, installed beside `berth`.
+pub const FULL_NAME: &str = "berth-full";
+
+/// Entry point of the `berth` binary: `berth container …` here, everything else in
+/// `berth-full`.
+pub fn front_main() -> ExitCode {
+    // Kept here too: the runtime falls back to this binary as its helper when `berth-shim`
+    // is missing.
+    if let Some(code) = berth_runtime::hidden_main() {
+        return ExitCode::from(code);
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "container") {
+        let ContainerCli {
+            global,
+            command: ContainerOnly::Container(cmd),
+        } = ContainerCli::parse();
+        return container_sync(&global, cmd);
+    }
+    exec_full()
+}
+
+/// Replaces this process with `berth-full` and the same argv (argv[0] too, so usage and
+/// errors still name `berth`). Returns only when that fails.
+fn exec_full() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "berth".into());
+    let full = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(FULL_NAME),
+        Err(e) => {
+            eprintln!("berth: cannot find its own binary, and so {FULL_NAME} beside it: {e}");
+            return ExitCode::from(127);
+        }
+    };
+    let e = std::process::Command::new(&full)
+        .arg0(arg0)
+        .args(args)
+        .exec();
+    eprintln!(
+        "berth: cannot run {}: {e} (every command but `berth container` is in {FULL_NAME}, \
+         installed beside berth)",
+        full.display()
+    );
+    ExitCode::from(127)
+}
+
+/// `container` commands are synchronous: no async runtime, whose worker threads and
+/// hand-offs cost start->exit time (section 1 of the bench).
+fn container_sync(global: &GlobalOpts, cmd: container::ContainerCommand) -> ExitCode {
+    init_tracing(global.verbose);
+    match container::run_sync(global, cmd) {
+        Ok(code) => code,
+        Err(err) => {
+            render::error(&err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Entry point of the `berth-full` binary.
 pub fn main() -> ExitCode {
     // Hidden modes (container init, shim) must run before tokio starts any thread.
     if let Some(code) = berth_runtime::hidden_main() {
@@ -135,28 +201,9 @@ pub fn main() -> ExitCode {
     if let Some(code) = crate::engine::supervisor::main_if_supervising() {
         return code;
     }
-    // `container` commands are synchronous: skip the async runtime, whose worker threads
-    // and hand-offs cost start->exit time (section 1 of the bench).
-    let sync = |global: &GlobalOpts, cmd: container::ContainerCommand| {
-        init_tracing(global.verbose);
-        match container::run_sync(global, cmd) {
-            Ok(code) => code,
-            Err(err) => {
-                render::error(&err);
-                ExitCode::FAILURE
-            }
-        }
-    };
-    if std::env::args_os().nth(1).is_some_and(|a| a == "container") {
-        let ContainerCli {
-            global,
-            command: ContainerOnly::Container(cmd),
-        } = ContainerCli::parse();
-        return sync(&global, cmd);
-    }
     let cli = Cli::parse();
     if let Command::Container(cmd) = cli.command {
-        return sync(&cli.global, cmd);
+        return container_sync(&cli.global, cmd);
     }
     init_tracing(cli.global.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -192,19 +239,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Logs to stderr at the level `-v` asks, or as `RUST_LOG` says when it is set and valid:
+/// `target=level` directives and a default level (`warn,berth=debug`), parsed without the
+/// regex engine `EnvFilter` needs (its Unicode tables are a third of `berth`'s relocations).
 fn init_tracing(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(default));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .with(filter)
         .try_init();
 }
 

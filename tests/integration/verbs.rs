@@ -940,3 +940,56 @@ fn run_detached_rm_is_removed_when_it_exits() {
     env.compose_ok(&dir, &["down", "-t", "0"]);
     env.finish();
 }
+
+/// `berth` runs `container` commands itself and execs `berth-full` beside it, with the same
+/// argv, for every other command: usage still names `berth`, and a `berth` copied without
+/// `berth-full` still runs containers' commands and says what is missing for the rest.
+#[test]
+fn berth_execs_berth_full_for_all_but_container() {
+    let berth = support::berth_bin();
+    let out = std::process::Command::new(&berth)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "berth 0.1.0");
+    let out = std::process::Command::new(&berth)
+        .arg("no-such-verb")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unrecognized subcommand 'no-such-verb'"),
+        "{err}"
+    );
+    // The full tree's usage (compose verbs), under berth's own name.
+    assert!(err.contains("Usage: berth [OPTIONS] <COMMAND>"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("berth");
+    std::fs::copy(&berth, &alone).unwrap();
+    let root = dir.path().join("root");
+    let out = std::process::Command::new(&alone)
+        .args(["container", "ls", "-a", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("NAME"));
+    let out = std::process::Command::new(&alone)
+        .args(["--root"])
+        .arg(&root)
+        .arg("ps")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot run {}",
+            dir.path().join("berth-full").display()
+        )) && err.contains("installed beside berth"),
+        "{err}"
+    );
+}

@@ -317,8 +317,10 @@ fn initramfs(dir: &Path, overlay_ko: &Path) -> PathBuf {
         .expect("copying /bin/busybox (busybox-static)");
     std::fs::copy(overlay_ko, tree.join("modules/overlay.ko")).unwrap();
     let shim = PathBuf::from(env!("CARGO_BIN_EXE_berth-shim"));
-    let bins = [support::berth_bin(), shim];
-    for (bin, name) in bins.iter().zip(["berth", "berth-shim"]) {
+    // `berth image load` runs in berth-full (berth execs it for all but `container`).
+    let full = PathBuf::from(env!("CARGO_BIN_EXE_berth-full"));
+    let bins = [support::berth_bin(), shim, full];
+    for (bin, name) in bins.iter().zip(["berth", "berth-shim", "berth-full"]) {
         // Debug builds carry ~200 MB of debug info; the VM needs none of it.
         run(
             Command::new("strip")

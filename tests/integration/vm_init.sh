@@ -1,8 +1,8 @@
 #!/bin/busybox sh
 # PID 1 of the throwaway VM of `vm::cgroup_v2_limits_in_vm` (tests/integration/vm.rs).
 #
-# The initramfs holds busybox (/bin/busybox), berth and berth-shim with their shared libs,
-# overlay.ko and the busybox fixture image (/fixture/busybox-oci). The VM has a pure cgroup2
+# The initramfs holds busybox (/bin/busybox), berth, berth-shim and berth-full with their
+# shared libs, overlay.ko and the busybox fixture image (/fixture/busybox-oci). The VM has a pure cgroup2
 # hierarchy (no v1 mount) with the memory, pids and cpu controllers, and no network device.
 # Every result is one `BERTH-VM key=value` line on the serial console; the test parses and
 # asserts them. The last line is `BERTH-VM done`, then the VM powers off.
