@@ -764,21 +764,26 @@ impl Container {
         let Some(r) = &self.running else {
             return Ok(Status::Created);
         };
-        if !pid_alive(r.pid, r.pid_start) {
+        let ended = || -> Result<Status> {
             // The shim may be writing exit.json right now.
             if pid_alive(r.shim_pid, r.shim_start) {
                 return Ok(Status::Running);
             }
-            return Ok(match self.exit_record()? {
+            Ok(match self.exit_record()? {
                 Some(e) => Status::Exited(e),
                 None => Status::Dead,
-            });
+            })
+        };
+        if !pid_alive(r.pid, r.pid_start) {
+            return ended();
         }
-        let cg = cgroups::open(self.spec.id.as_str()).map_err(self.cg_err())?;
-        if cg.is_frozen().map_err(self.cg_err())? {
-            return Ok(Status::Paused);
-        }
-        Ok(Status::Running)
+        let frozen = cgroups::open(self.spec.id.as_str()).and_then(|cg| cg.is_frozen());
+        live_status(
+            frozen,
+            || pid_alive(r.pid, r.pid_start),
+            ended,
+            self.cg_err(),
+        )
     }
 
     /// Sends `signal` to PID 1.
@@ -1077,6 +1082,24 @@ fn proc_status(pid: i32) -> String {
     crate::state::read_proc(format!("/proc/{pid}/status")).unwrap_or_default()
 }
 
+/// The status of a container whose PID 1 was alive a moment ago, from its freezer state.
+/// A failed read is only an error (`cg_err`) while PID 1 still lives: an `auto_remove` shim
+/// removes the cgroup as soon as PID 1 has exited (`ENOENT`, or `ENODEV` from a file
+/// opened just before), and then the container has ended (`ended`) rather than failed.
+fn live_status(
+    frozen: std::result::Result<bool, CgroupError>,
+    init_alive: impl FnOnce() -> bool,
+    ended: impl FnOnce() -> Result<Status>,
+    cg_err: impl FnOnce(CgroupError) -> RuntimeError,
+) -> Result<Status> {
+    match frozen {
+        Ok(true) => Ok(Status::Paused),
+        Ok(false) => Ok(Status::Running),
+        Err(_) if !init_alive() => ended(),
+        Err(e) => Err(cg_err(e)),
+    }
+}
+
 fn status_handles(status: &str, sig: Signal) -> bool {
     status_has(status, "SigCgt:", sig) || status_has(status, "SigBlk:", sig)
 }
@@ -1096,6 +1119,36 @@ fn status_has(status: &str, key: &str, sig: Signal) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_gone_with_its_exited_init_is_an_end_not_an_error() {
+        let gone = || CgroupError::Mountinfo(std::io::Error::from_raw_os_error(libc::ENODEV));
+        let cg_err = |source| RuntimeError::Cgroup {
+            id: "c".into(),
+            source,
+        };
+        let exited = || Ok(Status::Dead);
+        let never = || -> Result<Status> { panic!("PID 1 is alive: not ended") };
+        // Read fine: paused or running, whatever else.
+        assert!(matches!(
+            live_status(Ok(true), || true, never, cg_err),
+            Ok(Status::Paused)
+        ));
+        assert!(matches!(
+            live_status(Ok(false), || false, never, cg_err),
+            Ok(Status::Running)
+        ));
+        // The read failed because PID 1 exited and the cgroup went in between.
+        assert!(matches!(
+            live_status(Err(gone()), || false, exited, cg_err),
+            Ok(Status::Dead)
+        ));
+        // PID 1 still alive: the failure is real.
+        assert!(matches!(
+            live_status(Err(gone()), || true, never, cg_err),
+            Err(RuntimeError::Cgroup { .. })
+        ));
+    }
 
     #[test]
     fn only_plain_deep_owned_dirs_are_removable() {
