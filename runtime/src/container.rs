@@ -124,6 +124,7 @@ pub struct Runtime {
     state_root: PathBuf,
     helper: PathBuf,
     seal_helper: bool,
+    detach_shims: bool,
 }
 
 impl Runtime {
@@ -134,6 +135,7 @@ impl Runtime {
             state_root: state_root.into(),
             helper: default_helper(),
             seal_helper: true,
+            detach_shims: true,
         }
     }
 
@@ -146,6 +148,17 @@ impl Runtime {
     /// Whether helpers run from a sealed view of the helper (default true; CVE-2019-5736).
     pub fn with_sealed_helper(mut self, seal: bool) -> Self {
         self.seal_helper = seal;
+        self
+    }
+
+    /// Whether a shim forks once more to leave this process (default true). A long-lived
+    /// caller (the supervisor, a test harness) needs it: an ended shim that is still its
+    /// child stays a zombie until it reaps it. A caller that exits soon after (the CLI's
+    /// `container` commands) can let its shims stay its children, in their own session,
+    /// and save that fork on every start; init or the nearest subreaper reaps them once
+    /// the caller is gone.
+    pub fn with_detached_shims(mut self, detach: bool) -> Self {
+        self.detach_shims = detach;
         self
     }
 
@@ -377,10 +390,14 @@ impl Runtime {
             .write(true)
             .open("/dev/null")
             .map_err(spawn_err)?;
+        let mut args = vec![root.as_str(), id];
+        if !self.detach_shims {
+            args.push(crate::shim::STAY);
+        }
         let child = self
             .spawn_helper(
                 crate::shim::MODE,
-                &[&root, id],
+                &args,
                 [null.as_fd(), null.as_fd(), shim_log.as_fd()],
                 &[w.as_fd(), seccomp_r.as_fd(), removed_w.as_fd()],
             )
@@ -399,8 +416,11 @@ impl Runtime {
             Ok(())
         });
         let report = protocol::receive::<ShimReport>(r);
-        // The first shim process exits right after forking the real one.
-        while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
+        // A detaching shim's first process exits right after forking the real one; one
+        // that stays our child is reaped here only if it failed (and so ends).
+        if self.detach_shims || !matches!(report, Ok(Some(ShimReport::Started { .. }))) {
+            while let Err(nix::errno::Errno::EINTR) = nix::sys::wait::waitpid(child, None) {}
+        }
         if let Some(Err(e)) = seccomp {
             return Err(e);
         }

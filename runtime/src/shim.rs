@@ -1,17 +1,18 @@
 //! The per-container shim: berth's own binary in a hidden, single-threaded mode, the parent of
 //! the container for its whole life.
 //!
-//! Takes `<state root> <id>` on argv, a report pipe on fd 3, the seccomp program's pipe on
-//! fd 4 and the write end of a removal notice on fd 5 (closed once an `auto_remove`
-//! container is gone, so its caller need not wait for this process's own exit) from
-//! `Runtime::run`, gives a running container: it detaches (setsid + a second
-//! fork, so the caller can reap the first process at once and the shim survives the
-//! caller's death), becomes a child subreaper, forks the container init into a new pid
-//! namespace (unshare(NEWPID) before fork makes the child PID 1), creates the cgroup while
-//! the init unshares its namespaces, and lets it join; waits for its exec, reports
-//! the pid or the error chain on fd 3, then copies stdout/stderr into the JSON-lines log,
-//! reaps PID 1 and writes `exit.json` with OOM detection. Neighbours: `init` (child side),
-//! `state` (files), `log` (format), `cgroups`.
+//! Takes `<state root> <id> [--stay]` on argv, a report pipe on fd 3, the seccomp
+//! program's pipe on fd 4 and the write end of a removal notice on fd 5 (closed once an
+//! `auto_remove` container is gone, so its caller need not wait for this process's own
+//! exit) from `Runtime::run`, gives a running container: it detaches (setsid, and unless
+//! `--stay` keeps it the caller's child, a second fork, so the caller can reap the first
+//! process at once; either way the shim survives the caller's death), becomes a child
+//! subreaper, forks the container init into a new pid namespace (unshare(NEWPID) before
+//! fork makes the child PID 1), creates the cgroup while the init unshares its namespaces,
+//! and lets it join; waits for its exec, reports the pid or the error chain on fd 3, then
+//! copies stdout/stderr into the JSON-lines log, reaps PID 1 and writes `exit.json` with
+//! OOM detection. Neighbours: `init` (child side), `state` (files), `log` (format),
+//! `cgroups`.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -43,11 +44,14 @@ pub(crate) const SECCOMP_FD: i32 = 4;
 /// The write end of a pipe the caller keeps the read end of: closed as soon as an
 /// `auto_remove` container has been removed (else when the shim ends). Never written to.
 pub(crate) const REMOVED_FD: i32 = 5;
+/// The optional third argument: stay the caller's child instead of forking again
+/// (`Runtime::with_detached_shims(false)`).
+pub(crate) const STAY: &str = "--stay";
 
 /// Shim entry point; returns the process exit code.
 pub(crate) fn main(args: &[String]) -> u8 {
     let (Some(root), Some(id)) = (args.first(), args.get(1)) else {
-        eprintln!("berth shim: usage: {MODE} <state-root> <id>");
+        eprintln!("berth shim: usage: {MODE} <state-root> <id> [{STAY}]");
         return 2;
     };
     // SAFETY: the caller dup'ed the report pipe to fd 3 for us; nothing else owns it.
@@ -56,15 +60,18 @@ pub(crate) fn main(args: &[String]) -> u8 {
     let seccomp = unsafe { OwnedFd::from_raw_fd(SECCOMP_FD) };
     // SAFETY: likewise the removal notice on fd 5.
     let removed_notice = unsafe { OwnedFd::from_raw_fd(REMOVED_FD) };
+    // Our own session: no signal of the caller's terminal reaches us.
     let _ = nix::unistd::setsid();
-    // SAFETY: single-threaded (hidden modes run before any thread exists).
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => return 0,
-        Ok(ForkResult::Child) => {}
-        Err(e) => {
-            let chain = ErrorChain(vec!["cannot fork the shim".into(), e.to_string()]);
-            let _ = protocol::send(report, &ShimReport::Failed { chain });
-            return 1;
+    if args.get(2).map(String::as_str) != Some(STAY) {
+        // SAFETY: single-threaded (hidden modes run before any thread exists).
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { .. }) => return 0,
+            Ok(ForkResult::Child) => {}
+            Err(e) => {
+                let chain = ErrorChain(vec!["cannot fork the shim".into(), e.to_string()]);
+                let _ = protocol::send(report, &ShimReport::Failed { chain });
+                return 1;
+            }
         }
     }
     // SAFETY: prctl with integer arguments / a static name. Orphans of exec'd processes come

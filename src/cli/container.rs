@@ -204,8 +204,10 @@ pub fn run_sync(g: &GlobalOpts, cmd: ContainerCommand) -> anyhow::Result<ExitCod
     run_blocking(Root::new(g.root.clone()), cmd)
 }
 
+/// The CLI ends soon after its command: its shims may stay its children (no extra fork per
+/// start, see `Runtime::with_detached_shims`).
 fn runtime(root: &Root) -> Runtime {
-    Runtime::new(root.containers_dir())
+    Runtime::new(root.containers_dir()).with_detached_shims(false)
 }
 
 fn run_blocking(root: Root, cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
