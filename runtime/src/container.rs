@@ -187,7 +187,8 @@ impl Runtime {
     }
 
     /// Starts berth's binary in hidden mode `mode` with `stdio` as fds 0-2 and `fds` from
-    /// fd 3 on, by `posix_spawn` (glibc: a vfork-style clone) rather than fork: this process's
+    /// fd 3 on, then the sealed view's mount fd (`sealed_exe::take_mount`; stdin's fd when
+    /// there is none), by `posix_spawn` (glibc: a vfork-style clone) rather than fork: this process's
     /// page tables are not copied and its memory does not turn copy-on-write, which costs a
     /// large CLI or the supervisor a fault per page it touches afterwards. The signal mask
     /// is cleared and SIGPIPE reset to default, as `std::process::Command` does.
@@ -202,15 +203,21 @@ impl Runtime {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let (program, _keep) = self.helper_program()?;
+        // Dropped after the spawn, when the child holds it too: no dissolving wait here.
+        let mount = self
+            .seal_helper
+            .then(|| crate::sealed_exe::take_mount(&self.helper))
+            .flatten();
+        let last = [mount.as_ref().map_or(stdio[0], |m| m.as_fd())];
         // Sources above the targets: dup2(fd, fd) would keep FD_CLOEXEC on older glibc, and
         // an earlier dup2 must not overwrite a later source.
-        let sources = stdio.iter().chain(fds).map(|fd| {
+        let sources = stdio.iter().chain(fds).chain(&last).map(|fd| {
             nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
                 // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nobody else owns.
                 .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
         });
         let mut actions = PosixSpawnFileActions::init()?;
-        let mut owned = Vec::with_capacity(3 + fds.len());
+        let mut owned = Vec::with_capacity(4 + fds.len());
         for (target, fd) in sources.enumerate() {
             let fd = fd?;
             actions.add_dup2(fd.as_raw_fd(), target as i32)?;
@@ -221,8 +228,13 @@ impl Runtime {
         default.add(Signal::SIGPIPE);
         attr.set_sigdefault(&default)?;
         attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+        // Its own session from the start (glibc's POSIX_SPAWN_SETSID, which nix does not
+        // name): a Ctrl-C at the caller's terminal cannot reach it before it is set up.
+        let setsid = PosixSpawnFlags::from_bits_retain(libc::c_int::from(libc::POSIX_SPAWN_SETSID));
         attr.set_flags(
-            PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK,
+            PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF
+                | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK
+                | setsid,
         )?;
         let cstr = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
         // argv[0] "berth" whatever the exec path (`/proc/self/fd/N`), so `ps` and leak checks see berth.
@@ -399,6 +411,7 @@ impl Runtime {
                 crate::shim::MODE,
                 &args,
                 [null.as_fd(), null.as_fd(), shim_log.as_fd()],
+                // fd 6 (`shim::SEALED_MOUNT_FD`) is added by `spawn_helper`.
                 &[w.as_fd(), seccomp_r.as_fd(), removed_w.as_fd()],
             )
             .map_err(spawn_err)?;

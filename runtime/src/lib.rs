@@ -129,16 +129,36 @@ pub fn hidden_main() -> Option<u8> {
         .collect();
     let mode = mode.to_str()?;
     // The caller's dup2 cleared the close-on-exec flag of the fds it passed (3: report;
-    // 4 and 5: the shim's seccomp program and removal notice): set it again, so none reaches the workload even if
+    // 4 to 6: the shim's seccomp program, removal notice and sealed mount): set it again, so none reaches the workload even if
     // the init's close_range(CLOEXEC) fails (it needs Linux 5.11).
     let passed: &[i32] = match mode {
-        shim::MODE => &[shim::REPORT_FD, shim::SECCOMP_FD, shim::REMOVED_FD],
+        shim::MODE => &[
+            shim::REPORT_FD,
+            shim::SECCOMP_FD,
+            shim::REMOVED_FD,
+            shim::SEALED_MOUNT_FD,
+        ],
         exec::MODE => &[shim::REPORT_FD],
         _ => &[],
     };
     for &fd in passed {
         // SAFETY: fcntl on an integer fd changes only its flags.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    if mode == shim::MODE {
+        // Anything else the caller left open without close-on-exec (a test harness's pipe,
+        // say) would stay open in the shim for the container's whole life, and keep a
+        // reader of it waiting for EOF as long.
+        // SAFETY: close_range over fds this process never uses; an error (ENOSYS before
+        // Linux 5.9) leaves them open, as before.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                shim::SEALED_MOUNT_FD + 1,
+                libc::c_uint::MAX,
+                0,
+            )
+        };
     }
     match mode {
         shim::MODE => Some(shim::main(&rest)),

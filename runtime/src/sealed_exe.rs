@@ -28,6 +28,25 @@ fn cache() -> &'static Mutex<HashMap<PathBuf, Arc<OwnedFd>>> {
     CACHE.get_or_init(Default::default)
 }
 
+/// The detached overlay mounts behind the cached helpers, until [`take_mount`].
+fn mounts() -> &'static Mutex<HashMap<PathBuf, OwnedFd>> {
+    static MOUNTS: OnceLock<Mutex<HashMap<PathBuf, OwnedFd>>> = OnceLock::new();
+    MOUNTS.get_or_init(Default::default)
+}
+
+/// The fd of the detached overlay mount behind `path`'s sealed helper, once. Its last close
+/// dissolves the mount, and that waits for an RCU grace period (in `container run` here:
+/// median 0.17 ms, p90 2 ms, where the rest of sealing takes 0.08 ms). So the caller hands
+/// it to the shim it starts, which keeps it for its life (its executable is in that mount
+/// anyway): the wait falls in the shim's exit, outside any start. Without a taker it
+/// closes when this process exits. `None` after a memfd copy, or once taken.
+pub(crate) fn take_mount(path: &Path) -> Option<OwnedFd> {
+    mounts()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(path)
+}
+
 /// The sealed helper for `path` (CLOEXEC; exec it through `/proc/self/fd/N`). `scratch` is
 /// an empty directory this runtime owns, the overlay's second lower layer (created if
 /// missing).
@@ -38,8 +57,12 @@ pub(crate) fn sealed_copy(path: &Path, scratch: &Path) -> std::io::Result<Arc<Ow
     }
     let started = std::time::Instant::now();
     let fd = match sealed_overlay(path, scratch) {
-        Ok(fd) => {
+        Ok((fd, mount)) => {
             debug!(path = %path.display(), elapsed_us = started.elapsed().as_micros() as u64, "helper sealed in a read-only overlay");
+            mounts()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path.to_path_buf(), mount);
             fd
         }
         Err(e) => {
@@ -71,8 +94,9 @@ fn escape_lower(p: &Path) -> Vec<u8> {
     out
 }
 
-/// An `O_PATH` fd of `path` seen through a detached read-only overlay of its directory.
-fn sealed_overlay(path: &Path, scratch: &Path) -> std::io::Result<OwnedFd> {
+/// An `O_PATH` fd of `path` seen through a detached read-only overlay of its directory, and
+/// the overlay's mount fd.
+fn sealed_overlay(path: &Path, scratch: &Path) -> std::io::Result<(OwnedFd, OwnedFd)> {
     const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
     const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
     const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
@@ -120,7 +144,7 @@ fn sealed_overlay(path: &Path, scratch: &Path) -> std::io::Result<OwnedFd> {
                 "the helper seen through the overlay is not a regular file",
             ));
         }
-        Ok(f)
+        Ok((f, m))
     }
 }
 
@@ -202,7 +226,7 @@ mod tests {
         std::fs::create_dir_all(d.join("bin")).unwrap();
         let bin = d.join("bin").join("sh-copy");
         std::fs::copy("/bin/sh", &bin).unwrap();
-        let fd = sealed_overlay(&bin, &d.join("lower")).unwrap();
+        let (fd, _mount) = sealed_overlay(&bin, &d.join("lower")).unwrap();
         assert_sealed(&fd);
         let before = std::fs::read(&bin).unwrap();
         assert_eq!(before, std::fs::read("/bin/sh").unwrap(), "copy untouched");
@@ -211,6 +235,16 @@ mod tests {
         assert_eq!(again.as_raw_fd(), same.as_raw_fd(), "cached");
         // Above the fds a spawn dup2s into the shim (0-4), and still sealed.
         assert!(again.as_raw_fd() >= 10, "fd {}", again.as_raw_fd());
+        assert_sealed(&again);
+        // The mount's fd goes once, to be kept by a shim; the helper still runs (and is
+        // still sealed) once it is closed and the mount dissolved.
+        let mount = take_mount(&bin);
+        assert!(
+            mount.is_some(),
+            "the overlay's mount fd is kept for a taker"
+        );
+        assert!(take_mount(&bin).is_none(), "taken once");
+        drop(mount);
         assert_sealed(&again);
         let _ = std::fs::remove_dir_all(&d);
     }

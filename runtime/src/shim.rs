@@ -2,9 +2,9 @@
 //! the container for its whole life.
 //!
 //! Takes `<state root> <id> [--stay]` on argv, a report pipe on fd 3, the seccomp
-//! program's pipe on fd 4 and the write end of a removal notice on fd 5 (closed once an
+//! program's pipe on fd 4, the write end of a removal notice on fd 5 (closed once an
 //! `auto_remove` container is gone, so its caller need not wait for this process's own
-//! exit) from `Runtime::run`, gives a running container: it detaches (setsid, and unless
+//! exit) and the caller's sealed helper mount on fd 6 (kept) from `Runtime::run`, gives a running container: it detaches (setsid, and unless
 //! `--stay` keeps it the caller's child, a second fork, so the caller can reap the first
 //! process at once; either way the shim survives the caller's death), becomes a child
 //! subreaper, forks the container init into a new pid namespace (unshare(NEWPID) before
@@ -35,7 +35,7 @@ use crate::state::{now_rfc3339, pid_start_time, ExitRecord, RunningRecord, State
 /// suffix when they change): a shim and a caller with different fd protocols (a
 /// long-running supervisor after an upgrade) refuse each other instead of misreading fd 4
 /// (or, an older shim, starting without seccomp).
-pub const MODE: &str = "__berth-runtime-shim-3";
+pub const MODE: &str = "__berth-runtime-shim-4";
 /// The fd on which the caller waits for the [`ShimReport`].
 pub(crate) const REPORT_FD: i32 = 3;
 /// The fd on which the caller sends the compiled seccomp program (`SeccompProgram::to_bytes`)
@@ -44,6 +44,10 @@ pub(crate) const SECCOMP_FD: i32 = 4;
 /// The write end of a pipe the caller keeps the read end of: closed as soon as an
 /// `auto_remove` container has been removed (else when the shim ends). Never written to.
 pub(crate) const REMOVED_FD: i32 = 5;
+/// The caller's sealed view of the helper (`sealed_exe::take_mount`), or `/dev/null`: kept
+/// until the shim exits, so the caller's close is not the last one, which would wait for
+/// the mount to dissolve.
+pub(crate) const SEALED_MOUNT_FD: i32 = 6;
 /// The optional third argument: stay the caller's child instead of forking again
 /// (`Runtime::with_detached_shims(false)`).
 pub(crate) const STAY: &str = "--stay";
@@ -60,7 +64,10 @@ pub(crate) fn main(args: &[String]) -> u8 {
     let seccomp = unsafe { OwnedFd::from_raw_fd(SECCOMP_FD) };
     // SAFETY: likewise the removal notice on fd 5.
     let removed_notice = unsafe { OwnedFd::from_raw_fd(REMOVED_FD) };
-    // Our own session: no signal of the caller's terminal reaches us.
+    // SAFETY: likewise fd 6. Held until this function returns.
+    let _sealed_mount = unsafe { OwnedFd::from_raw_fd(SEALED_MOUNT_FD) };
+    // Our own session: no signal of the caller's terminal reaches us (the caller's spawn
+    // made it already; EPERM then).
     let _ = nix::unistd::setsid();
     if args.get(2).map(String::as_str) != Some(STAY) {
         // SAFETY: single-threaded (hidden modes run before any thread exists).
@@ -106,6 +113,8 @@ pub(crate) fn main(args: &[String]) -> u8 {
                 libc::malloc_trim(0);
             }
             let auto_remove = running.auto_remove;
+            // Only an auto-remove's caller waits on the notice.
+            let removed_notice = auto_remove.then_some(removed_notice);
             // Without an exit record (a full disk), nothing is removed: waiters see the
             // shim gone (`ShimGone`), and whoever removes it later has the state dir.
             if supervise(&state, running) && auto_remove {

@@ -3,7 +3,7 @@
 //! Takes argv, gives an exit code. Two entry points, one per binary:
 //! - [`front_main`], the `berth` binary: the runtime's hidden single-threaded modes, then
 //!   `berth container …`, synchronous and without the async stack; any other command is
-//!   exec'd, unchanged, in `berth-full` beside it ([`FULL_NAME`]). A container's start→exit
+//!   exec'd, unchanged, in `berth-full` beside it ([`crate::FULL_NAME`]). A container's start→exit
 //!   time includes the CLI's own start-up, which grows with the binary: `berth` is ~3 MB,
 //!   where the whole CLI is ~17 MB (bench section 1).
 //! - [`main`], the `berth-full` binary: the hidden modes and the supervisor, then every
@@ -27,6 +27,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::FULL_NAME;
 
 /// Options shared by every command, with docker compose's names. Like docker compose's,
 /// they go before the subcommand (`berth -f x.yaml logs -f`), so subcommands can reuse the
@@ -132,9 +134,6 @@ enum ContainerOnly {
     Container(container::ContainerCommand),
 }
 
-/// File name of the binary with the whole CLI, installed beside `berth`.
-pub const FULL_NAME: &str = "berth-full";
-
 /// Entry point of the `berth` binary: `berth container …` here, everything else in
 /// `berth-full`.
 pub fn front_main() -> ExitCode {
@@ -148,6 +147,7 @@ pub fn front_main() -> ExitCode {
             global,
             command: ContainerOnly::Container(cmd),
         } = ContainerCli::parse();
+        init_tracing_front(global.verbose);
         return container_sync(&global, cmd);
     }
     exec_full()
@@ -181,7 +181,6 @@ fn exec_full() -> ExitCode {
 /// `container` commands are synchronous: no async runtime, whose worker threads and
 /// hand-offs cost start->exit time (section 1 of the bench).
 fn container_sync(global: &GlobalOpts, cmd: container::ContainerCommand) -> ExitCode {
-    init_tracing(global.verbose);
     match container::run_sync(global, cmd) {
         Ok(code) => code,
         Err(err) => {
@@ -202,10 +201,10 @@ pub fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
     if let Command::Container(cmd) = cli.command {
         return container_sync(&cli.global, cmd);
     }
-    init_tracing(cli.global.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -239,31 +238,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs to stderr at the level `-v` asks, or as `RUST_LOG` says when it is set and valid:
-/// `target=level` directives and a default level (`warn,berth=debug`), parsed without the
-/// regex engine `EnvFilter` needs (its Unicode tables are a third of `berth`'s relocations).
-fn init_tracing(verbose: u8) {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let default = match verbose {
+/// The level `-v` asks for, where `RUST_LOG` is unset.
+fn verbosity(verbose: u8) -> tracing_subscriber::filter::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    match verbose {
         0 => LevelFilter::WARN,
         1 => LevelFilter::INFO,
         2 => LevelFilter::DEBUG,
         _ => LevelFilter::TRACE,
-    };
-    let filter = std::env::var("RUST_LOG")
+    }
+}
+
+/// `berth-full`'s logging: to stderr, at the `-v` level or as `RUST_LOG` says (`EnvFilter`:
+/// targets, spans and fields).
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    install_tracing(
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::default().add_directive(verbosity(verbose).into())),
+    );
+}
+
+/// `berth`'s logging, for `container` commands: `RUST_LOG` read with `Targets`
+/// (`target=level` directives and a default level, `warn,berth_runtime=debug`), parsed
+/// without the regex engine `EnvFilter` needs (its Unicode tables were a third of
+/// `berth`'s relocations). A value it cannot read is reported, then the `-v` level holds.
+fn init_tracing_front(verbose: u8) {
+    use tracing_subscriber::filter::Targets;
+    let targets = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(default));
+        .and_then(|v| match v.parse::<Targets>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!(
+                    "berth: RUST_LOG={v:?} ignored ({e}): `berth container` takes \
+                     target=level directives"
+                );
+                None
+            }
+        });
+    install_tracing(targets.unwrap_or_else(|| Targets::new().with_default(verbosity(verbose))));
+}
+
+fn install_tracing<F>(filter: F)
+where
+    F: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let _ = tracing_subscriber::registry()
+        .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_target(false),
         )
-        .with(filter)
         .try_init();
 }
 

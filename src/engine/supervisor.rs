@@ -313,12 +313,15 @@ pub const SUPERVISOR_NAME: &str = "berth-supervisor";
 /// What [`ensure`] runs: `berth-supervisor` beside `exe` when it is installed (it links
 /// only the supervisor, so it stays resident at about half the size), else `exe` itself.
 fn supervisor_exe(exe: &Path) -> PathBuf {
-    let small = exe.with_file_name(SUPERVISOR_NAME);
-    if small != exe && small.is_file() {
-        small
-    } else {
-        exe.to_path_buf()
+    // Its own small binary, else the whole CLI (when `exe` is the small `berth`, which would
+    // only exec it), else `exe` itself.
+    for name in [SUPERVISOR_NAME, crate::FULL_NAME] {
+        let p = exe.with_file_name(name);
+        if p != exe && p.is_file() {
+            return p;
+        }
     }
+    exe.to_path_buf()
 }
 
 /// Entry point of the supervisor process (`berth-supervisor`, or `cli::main` before the

@@ -946,43 +946,58 @@ fn run_detached_rm_is_removed_when_it_exits() {
 /// `berth-full` still runs containers' commands and says what is missing for the rest.
 #[test]
 fn berth_execs_berth_full_for_all_but_container() {
+    // A binary copied by this (multi-threaded, forking) test process can be "busy" for a
+    // moment: another thread's child may still hold the copy's fd open (ETXTBSY).
+    let output = |cmd: &mut std::process::Command| loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => break other.unwrap(),
+        }
+    };
     let berth = support::berth_bin();
-    let out = std::process::Command::new(&berth)
-        .arg("--version")
-        .output()
-        .unwrap();
+    let out = output(std::process::Command::new(&berth).arg("--version"));
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "berth 0.1.0");
-    let out = std::process::Command::new(&berth)
-        .arg("no-such-verb")
-        .output()
-        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("berth {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The whole CLI's help (the compose verbs), under berth's own name.
+    let out = output(std::process::Command::new(&berth).arg("--help"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(help.contains("Usage: berth [OPTIONS] <COMMAND>"), "{help}");
+    assert!(
+        help.lines().any(|l| l.trim_start().starts_with("up ")),
+        "{help}"
+    );
+    let out = output(std::process::Command::new(&berth).arg("no-such-verb"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("unrecognized subcommand 'no-such-verb'"),
         "{err}"
     );
-    // The full tree's usage (compose verbs), under berth's own name.
     assert!(err.contains("Usage: berth [OPTIONS] <COMMAND>"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let alone = dir.path().join("berth");
     std::fs::copy(&berth, &alone).unwrap();
     let root = dir.path().join("root");
-    let out = std::process::Command::new(&alone)
-        .args(["container", "ls", "-a", "--root"])
-        .arg(&root)
-        .output()
-        .unwrap();
+    let out = output(
+        std::process::Command::new(&alone)
+            .args(["container", "ls", "-a", "--root"])
+            .arg(&root),
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("NAME"));
-    let out = std::process::Command::new(&alone)
-        .args(["--root"])
-        .arg(&root)
-        .arg("ps")
-        .output()
-        .unwrap();
+    let out = output(
+        std::process::Command::new(&alone)
+            .arg("--root")
+            .arg(&root)
+            .arg("ps"),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(127), "{err}");
     assert!(
