@@ -621,10 +621,22 @@ impl Runtime {
         keep_state_on_error: bool,
     ) -> Result<()> {
         if errors.is_empty() || !keep_state_on_error {
-            match std::fs::remove_dir_all(state.dir()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => errors.push(format!("cannot remove {}: {e}", state.dir().display())),
+            let mut again = 3;
+            loop {
+                match std::fs::remove_dir_all(state.dir()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // An entry made while we removed the rest: a watcher that had read the
+                    // container just before (the supervisor's die marker). The spec is gone
+                    // now, so nothing finds the container again: once more.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) && again > 0 => {
+                        again -= 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                    Err(e) => errors.push(format!("cannot remove {}: {e}", state.dir().display())),
+                }
+                break;
             }
         }
         debug!(errors = errors.len(), "container deleted");
