@@ -188,10 +188,11 @@ impl Runtime {
 
     /// Starts berth's binary in hidden mode `mode` with `stdio` as fds 0-2 and `fds` from
     /// fd 3 on, then the sealed view's mount fd (`sealed_exe::take_mount`; stdin's fd when
-    /// there is none), by `posix_spawn` (glibc: a vfork-style clone) rather than fork: this process's
-    /// page tables are not copied and its memory does not turn copy-on-write, which costs a
-    /// large CLI or the supervisor a fault per page it touches afterwards. The signal mask
-    /// is cleared and SIGPIPE reset to default, as `std::process::Command` does.
+    /// there is none), by `posix_spawn` (glibc: a vfork-style clone) rather than fork:
+    /// this process's page tables are not copied and its memory does not turn
+    /// copy-on-write, which costs a large CLI or the supervisor a fault per page it touches
+    /// afterwards. The signal mask is cleared and SIGPIPE reset to default, as
+    /// `std::process::Command` does; the child starts in its own session.
     fn spawn_helper(
         &self,
         mode: &str,

@@ -129,8 +129,9 @@ pub fn hidden_main() -> Option<u8> {
         .collect();
     let mode = mode.to_str()?;
     // The caller's dup2 cleared the close-on-exec flag of the fds it passed (3: report;
-    // 4 to 6: the shim's seccomp program, removal notice and sealed mount): set it again, so none reaches the workload even if
-    // the init's close_range(CLOEXEC) fails (it needs Linux 5.11).
+    // 4 to 6: the shim's seccomp program, removal notice and sealed mount): set it again,
+    // so none reaches the workload even if the init's close_range(CLOEXEC) fails (it
+    // needs Linux 5.11).
     let passed: &[i32] = match mode {
         shim::MODE => &[
             shim::REPORT_FD,

@@ -4,9 +4,10 @@
 //! Takes `<state root> <id> [--stay]` on argv, a report pipe on fd 3, the seccomp
 //! program's pipe on fd 4, the write end of a removal notice on fd 5 (closed once an
 //! `auto_remove` container is gone, so its caller need not wait for this process's own
-//! exit) and the caller's sealed helper mount on fd 6 (kept) from `Runtime::run`, gives a running container: it detaches (setsid, and unless
-//! `--stay` keeps it the caller's child, a second fork, so the caller can reap the first
-//! process at once; either way the shim survives the caller's death), becomes a child
+//! exit) and the caller's sealed helper mount on fd 6 (kept) from `Runtime::run`, gives a
+//! running container: it detaches (setsid, and unless `--stay` keeps it the caller's
+//! child, a second fork, so the caller can reap the first process at once; either way the
+//! shim survives the caller's death), becomes a child
 //! subreaper, forks the container init into a new pid namespace (unshare(NEWPID) before
 //! fork makes the child PID 1), creates the cgroup while the init unshares its namespaces,
 //! and lets it join; waits for its exec, reports the pid or the error chain on fd 3, then
