@@ -30,10 +30,6 @@
 //! on-disk paths and formats; only `cli::render` prints to the terminal.
 
 pub mod cli;
-
-/// File name of the binary with the whole CLI, installed beside `berth`, which execs it for
-/// every command but `container` (see `cli`).
-pub const FULL_NAME: &str = "berth-full";
 pub mod engine;
 pub mod fixture;
 pub mod image;
@@ -42,3 +38,7 @@ pub mod plan;
 pub mod project;
 pub mod state;
 pub mod volume;
+
+/// File name of the binary with the whole CLI, installed beside `berth`, which execs it for
+/// every command but `container` (see `cli`).
+pub const FULL_NAME: &str = "berth-full";

@@ -3,19 +3,11 @@
 //! does not pay for loading the whole CLI.
 //!
 //! `#![no_main]`: std's start-up is skipped for the same reason (see
-//! `berth_runtime::no_main_prelude`).
+//! `berth_runtime::no_main`).
 
 #![no_main]
 
-use std::io::Write;
-
 #[no_mangle]
 pub extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> i32 {
-    berth_runtime::no_main_prelude();
-    // A panic ends the process with 101, as it would from std's `main`.
-    let code =
-        std::panic::catch_unwind(berth::cli::front_main).map_or(101, berth_runtime::exit_status);
-    // std flushes stdout after `main`; nothing does here otherwise.
-    let _ = std::io::stdout().flush();
-    code
+    berth_runtime::no_main(berth::cli::front_main)
 }

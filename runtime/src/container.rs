@@ -312,13 +312,7 @@ impl Runtime {
             None
         };
         match self.start_in(&state, spec) {
-            Ok((c, removed)) => Ok((
-                c,
-                hold.map(|h| ExitHold {
-                    removed: Some(removed),
-                    ..h
-                }),
-            )),
+            Ok((c, removed)) => Ok((c, hold.map(|h| ExitHold { removed, ..h }))),
             Err(e) => {
                 drop(hold);
                 let _ = std::fs::remove_dir_all(state.dir());
@@ -371,8 +365,13 @@ impl Runtime {
         self.start_in(&c.state, &c.spec).map(|(c, _)| c)
     }
 
-    /// Starts the shim; gives the container and the read end of its removal notice.
-    fn start_in(&self, state: &StateDir, spec: &ContainerSpec) -> Result<(Container, OwnedFd)> {
+    /// Starts the shim; gives the container and, with `auto_remove`, the read end of its
+    /// removal notice.
+    fn start_in(
+        &self,
+        state: &StateDir,
+        spec: &ContainerSpec,
+    ) -> Result<(Container, Option<OwnedFd>)> {
         let id = spec.id.as_str();
         StateDir::write_json(&state.spec(), spec).map_err(Self::err_state(id, &state.spec()))?;
         let seccomp_err = |source| RuntimeError::Seccomp {
@@ -394,7 +393,10 @@ impl Runtime {
             || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| spawn_err(e.into()));
         let (r, w) = pipe()?;
         let (seccomp_r, seccomp_w) = pipe()?;
-        let (removed_r, removed_w) = pipe()?;
+        let (removed_r, removed_w) = match spec.auto_remove {
+            true => pipe().map(|(r, w)| (Some(r), Some(w)))?,
+            false => (None, None),
+        };
         let root = self.state_root.to_string_lossy().into_owned();
         let shim_log = std::fs::File::create(state.shim_log())
             .map_err(Self::err_state(id, &state.shim_log()))?;
@@ -413,7 +415,11 @@ impl Runtime {
                 &args,
                 [null.as_fd(), null.as_fd(), shim_log.as_fd()],
                 // fd 6 (`shim::SEALED_MOUNT_FD`) is added by `spawn_helper`.
-                &[w.as_fd(), seccomp_r.as_fd(), removed_w.as_fd()],
+                &[
+                    w.as_fd(),
+                    seccomp_r.as_fd(),
+                    removed_w.as_ref().map_or(null.as_fd(), |w| w.as_fd()),
+                ],
             )
             .map_err(spawn_err)?;
         drop((w, seccomp_r, removed_w));
@@ -999,8 +1005,8 @@ impl Container {
             })
     }
 
-    /// For an `auto_remove` container whose exit has been read (and every [`ExitHold`]
-    /// dropped): waits up to `timeout` for its shim to finish removing it. `Ok(false)` when
+    /// For an `auto_remove` container whose exit has been read (and every other
+    /// [`ExitHold`] dropped): waits up to `timeout` for its shim to finish removing it. `Ok(false)` when
     /// the shim is gone but the container is not (the removal failed, `shim.log` says why):
     /// [`Runtime::delete`] can try again and report it.
     ///

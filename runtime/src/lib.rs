@@ -66,16 +66,24 @@ pub use tty::{reraise, terminal_size, CaughtSignals};
 
 pub use nix::sys::signal::Signal;
 
-/// What Rust's runtime sets up before `main`, for berth's `#![no_main]` binaries (`berth`,
-/// `berth-shim`), which are started once or twice per container start: std's start-up
-/// also finds the main thread's stack through `pthread_getattr_np` (glibc reads and parses
+/// The body of a `#![no_main]` binary's C `main` (`berth`, `berth-shim`, which are
+/// started once or twice per container start): runs `body` with what std's start-up would
+/// have set up, and gives the exit status std's `main` would give. std's start-up also finds
+/// the main thread's stack through `pthread_getattr_np` (glibc reads and parses
 /// `/proc/self/maps` for it) and installs a stack-overflow handler with its own signal
-/// stack, ~0.15 ms per process here. Kept: SIGPIPE ignored (a write to a closed pipe or
-/// socket fails with EPIPE instead of killing the process) and fds 0-2 open (on
-/// `/dev/null` if they were closed, so no file opened later becomes stdout). Lost: the
-/// "has overflowed its stack" message (a plain SIGSEGV instead). Arguments still come from
-/// glibc through std (`std::env::args_os`).
-pub fn no_main_prelude() {
+/// stack, ~0.15 ms per process here; skipped. Kept: SIGPIPE ignored (a write to a closed
+/// pipe or socket fails with EPIPE instead of killing the process), fds 0-2 open (on
+/// `/dev/null` if they were closed, so no file opened later becomes stdout), stdout flushed
+/// at the end, 101 after a panic. Lost: the "has overflowed its stack" message (a plain
+/// SIGSEGV instead). Arguments still come from glibc through std (`std::env::args_os`).
+pub fn no_main(body: impl FnOnce() -> std::process::ExitCode + std::panic::UnwindSafe) -> i32 {
+    no_main_prelude();
+    let code = std::panic::catch_unwind(body).map_or(101, exit_status);
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    code
+}
+
+fn no_main_prelude() {
     // SAFETY: signal() with SIG_IGN; poll on a local array; open of a constant path.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
@@ -111,7 +119,7 @@ pub fn no_main_prelude() {
 
 /// The process exit status `main` returning `code` would give (std keeps it private;
 /// `ExitCode` compares equal to `ExitCode::from(n)` for the `n` it was made from).
-pub fn exit_status(code: std::process::ExitCode) -> i32 {
+fn exit_status(code: std::process::ExitCode) -> i32 {
     (0..=u8::MAX)
         .find(|&n| std::process::ExitCode::from(n) == code)
         .map_or(1, i32::from)
@@ -152,14 +160,7 @@ pub fn hidden_main() -> Option<u8> {
         // reader of it waiting for EOF as long.
         // SAFETY: close_range over fds this process never uses; an error (ENOSYS before
         // Linux 5.9) leaves them open, as before.
-        unsafe {
-            libc::syscall(
-                libc::SYS_close_range,
-                shim::SEALED_MOUNT_FD + 1,
-                libc::c_uint::MAX,
-                0,
-            )
-        };
+        unsafe { libc::close_range(shim::SEALED_MOUNT_FD as u32 + 1, u32::MAX, 0) };
     }
     match mode {
         shim::MODE => Some(shim::main(&rest)),

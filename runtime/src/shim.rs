@@ -42,8 +42,9 @@ pub(crate) const REPORT_FD: i32 = 3;
 /// The fd on which the caller sends the compiled seccomp program (`SeccompProgram::to_bytes`)
 /// and closes; read only when the spec asks for seccomp.
 pub(crate) const SECCOMP_FD: i32 = 4;
-/// The write end of a pipe the caller keeps the read end of: closed as soon as an
-/// `auto_remove` container has been removed (else when the shim ends). Never written to.
+/// With `auto_remove`, the write end of a pipe the caller keeps the read end of: closed as
+/// soon as the container has been removed (else when the shim ends). Never written to.
+/// `/dev/null` otherwise.
 pub(crate) const REMOVED_FD: i32 = 5;
 /// The caller's sealed view of the helper (`sealed_exe::take_mount`), or `/dev/null`: kept
 /// until the shim exits, so the caller's close is not the last one, which would wait for
@@ -114,7 +115,7 @@ pub(crate) fn main(args: &[String]) -> u8 {
                 libc::malloc_trim(0);
             }
             let auto_remove = running.auto_remove;
-            // Only an auto-remove's caller waits on the notice.
+            // Only an auto-remove's caller waits on the notice (else it is /dev/null).
             let removed_notice = auto_remove.then_some(removed_notice);
             // Without an exit record (a full disk), nothing is removed: waiters see the
             // shim gone (`ShimGone`), and whoever removes it later has the state dir.

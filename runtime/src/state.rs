@@ -131,7 +131,7 @@ pub fn read_proc(path: impl AsRef<Path>) -> std::io::Result<String> {
 
 /// The fields of a `/proc/PID/stat` line from the third (state) on. The command name may
 /// contain spaces and parentheses: they start after the last ')'.
-fn stat_fields(stat: &str) -> Option<std::str::Split<'_, char>> {
+pub fn stat_fields(stat: &str) -> Option<std::str::Split<'_, char>> {
     Some(stat.get(stat.rfind(')')? + 2..)?.split(' '))
 }
 

@@ -4,20 +4,17 @@
 //! this binary stays small: it links only `berth-runtime`, not the CLI's async stack.
 //!
 //! `#![no_main]`: started for every container start and `exec`, it skips std's start-up
-//! (see `berth_runtime::no_main_prelude`).
+//! (see `berth_runtime::no_main`).
 
 #![no_main]
 
 #[no_mangle]
 pub extern "C" fn main(_argc: std::ffi::c_int, _argv: *const *const std::ffi::c_char) -> i32 {
-    berth_runtime::no_main_prelude();
-    // A panic ends the process with 101, as it would from std's `main`.
-    let code = std::panic::catch_unwind(|| match berth_runtime::hidden_main() {
-        Some(code) => i32::from(code),
+    berth_runtime::no_main(|| match berth_runtime::hidden_main() {
+        Some(code) => std::process::ExitCode::from(code),
         None => {
             eprintln!("berth-shim: an internal helper of berth, started by berth itself");
-            2
+            std::process::ExitCode::from(2)
         }
-    });
-    code.unwrap_or(101)
+    })
 }

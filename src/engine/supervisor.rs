@@ -300,10 +300,7 @@ pub async fn shutdown(root: &Root, project: &str) -> Result<(), SupervisorError>
 fn is_zombie(pid: u32) -> bool {
     berth_runtime::state::read_proc(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
+        .and_then(|s| Some(berth_runtime::state::stat_fields(&s)?.next()? == "Z"))
         .unwrap_or(true)
 }
 

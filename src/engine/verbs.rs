@@ -871,11 +871,13 @@ pub fn top_rows(pid1: i32) -> Vec<TopRow> {
         let Ok(st) = berth_runtime::state::read_proc(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let Some((head, rest)) = st.rsplit_once(')') else {
+        let (Some(fields), Some((head, _))) =
+            (berth_runtime::state::stat_fields(&st), st.rsplit_once(')'))
+        else {
             continue;
         };
         let comm = head.split_once('(').map(|x| x.1).unwrap_or("").to_string();
-        let f: Vec<&str> = rest.split_whitespace().collect();
+        let f: Vec<&str> = fields.collect();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let ppid = num(1) as i32;
         let tty_nr = num(4);
