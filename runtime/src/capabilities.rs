@@ -190,8 +190,16 @@ impl CapSet {
     }
 
     /// The capabilities this process can hand on: its bounding ∩ permitted sets (root in
-    /// a restricted environment may lack some, e.g. CAP_SYS_RESOURCE).
+    /// a restricted environment may lack some, e.g. CAP_SYS_RESOURCE). Read once per
+    /// process (42 syscalls; a start asked twice, to validate the spec and to compile its
+    /// seccomp profile): berth's processes drop capabilities only in a container's init or
+    /// exec helper, right before exec, and never ask again after.
     pub fn available() -> Self {
+        static AVAILABLE: std::sync::OnceLock<CapSet> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(Self::read_available)
+    }
+
+    fn read_available() -> Self {
         // capget and PR_CAPBSET_READ: a few syscalls, where /proc/self/status makes the
         // kernel render some fifty fields.
         let mut hdr = CapHeader {
